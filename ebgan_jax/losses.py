@@ -1,0 +1,93 @@
+"""The EBGAN objective as pure jnp functions (Zhao, Mathieu & LeCun, 2017).
+
+D is an auto-encoder; the energy of an image is its reconstruction error.
+  L_D = mean_x E(x) + mean_z max(0, m - E(G(z)))              (paper Eq. 1)
+  L_G = mean_z E(G(z)) + lambda_pt * PT(S)                    (Eq. 2, Sec. 2.4)
+where S holds D's encoder embeddings of the generated batch.
+"""
+
+import jax
+import jax.numpy as jnp
+
+REDUCTIONS = ("mean", "sum", "norm")
+
+# Added to each row's squared norm inside the pulling-away term, so that a zero
+# embedding gets cosine 0 with everything and a finite gradient. Rows are first
+# rescaled to max-abs 1, so for any non-zero row this is far below float32
+# resolution of |S_i|^2 >= 1 and the cosine is unaffected.
+PT_EPSILON = 1e-12
+
+
+def energy(x: jax.Array, x_rec: jax.Array, reduction: str = "mean") -> jax.Array:
+  """Per-sample reconstruction energy, reduced over all non-batch axes.
+
+  Args:
+    x: the images fed to D, shape (N, ...).
+    x_rec: D's reconstruction, same shape.
+    reduction: "mean" (mean squared error per pixel, the conv nets' default),
+      "sum" (sum of squared errors) or "norm" (the L2 norm ||x_rec - x||, the
+      paper's Eq. 13, used with margin 10 in its MNIST grid search).
+
+  Returns:
+    Energies of shape (N,), all >= 0.
+  """
+  if reduction not in REDUCTIONS:
+    raise ValueError(f"energy reduction must be one of {REDUCTIONS}, got {reduction!r}")
+  if x.shape != x_rec.shape:
+    raise ValueError(f"x and x_rec must have the same shape, got {x.shape} and {x_rec.shape}")
+  r = (x_rec - x).reshape(x.shape[0], -1)
+  squared = jnp.sum(jnp.square(r), axis=1)
+  if reduction == "sum":
+    return squared
+  if reduction == "mean":
+    return squared / r.shape[1]
+  # sqrt has an infinite derivative at 0: take it only where the error is
+  # non-zero, so a perfect reconstruction gets energy 0 and gradient 0.
+  nonzero = squared > 0
+  return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, squared, 1.0)), 0.0)
+
+
+def margin_hinge(e: jax.Array, margin: float) -> jax.Array:
+  """[m - e]^+ elementwise: apply it per sample, never to a batch mean."""
+  return jnp.maximum(0.0, margin - e)
+
+
+def pulling_away(s: jax.Array) -> jax.Array:
+  """The pulling-away term PT of the paper's Sec. 2.4 on embeddings S (N, d).
+
+    PT(S) = 1 / (N (N - 1)) * sum_i sum_{j != i} cos(S_i, S_j)^2
+
+  A squared cosine similarity: 0 for mutually orthogonal rows, 1 when all rows
+  are collinear (whatever their signs); invariant to scaling any row and to
+  permuting rows. Zero rows count as orthogonal to everything (see
+  PT_EPSILON), so value and gradient are finite for every finite input.
+
+  Raises:
+    ValueError: (at trace time) unless S is 2-D with N >= 2 rows; one sample
+      has no pairs to repel.
+  """
+  if s.ndim != 2:
+    raise ValueError(f"pulling_away expects embeddings of shape (N, d), got shape {s.shape}")
+  n = s.shape[0]
+  if n < 2:
+    raise ValueError(f"pulling_away needs a batch of at least 2 embeddings, got {n}")
+  # Rescaling each row by its largest |entry| keeps huge rows from overflowing
+  # and tiny ones from underflowing in the squares; the cosine is invariant to
+  # the rescaling, so its gradient through the scale is zero and can be stopped.
+  scale = jnp.max(jnp.abs(s), axis=1, keepdims=True)
+  scale = jax.lax.stop_gradient(jnp.where(scale > 0, scale, 1.0))
+  u = s / scale
+  unit = u / jnp.sqrt(jnp.sum(jnp.square(u), axis=1, keepdims=True) + PT_EPSILON)
+  cosine = unit @ unit.T
+  off_diagonal = 1.0 - jnp.eye(n, dtype=cosine.dtype)
+  return jnp.sum(jnp.square(cosine) * off_diagonal) / (n * (n - 1))
+
+
+def discriminator_loss(e_real: jax.Array, e_fake: jax.Array, margin: float) -> jax.Array:
+  """L_D = mean E(x) + mean [m - E(G(z))]^+, the hinge taken per sample."""
+  return jnp.mean(e_real) + jnp.mean(margin_hinge(e_fake, margin))
+
+
+def generator_loss(e_fake: jax.Array, s_fake: jax.Array, lambda_pt: float) -> jax.Array:
+  """L_G = mean E(G(z)) + lambda_pt * PT(S) on the generated batch."""
+  return jnp.mean(e_fake) + lambda_pt * pulling_away(s_fake)

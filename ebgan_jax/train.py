@@ -1,0 +1,131 @@
+"""The EBGAN training step and sampling, as pure functions of a GANState.
+
+One step (DESIGN.md): one D update on (real batch, fresh z), then one G update
+on another fresh z. Each update advances only its own net's BatchNorm
+statistics: the other net runs in training mode (batch statistics) but its
+running averages are left as they were.
+"""
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from ebgan_jax import losses
+from ebgan_jax.state import GANState, TrainState
+
+Metrics = dict[str, jax.Array]
+
+
+def sample_z(key: jax.Array, n: int, z_dim: int) -> jax.Array:
+  """z ~ Uniform(-1, 1)^z_dim, as in the paper."""
+  return jax.random.uniform(key, (n, z_dim), minval=-1.0, maxval=1.0)
+
+
+def _apply_train(net: TrainState, params, x: jax.Array, dropout_key: jax.Array):
+  """Runs a net in training mode; returns (outputs, its updated batch_stats)."""
+  outputs, updates = net.apply_fn(
+      {"params": params, "batch_stats": net.batch_stats}, x, train=True,
+      mutable=["batch_stats"], rngs={"dropout": dropout_key})
+  return outputs, updates["batch_stats"]
+
+
+def discriminator_objective(d_params, g_params, state: GANState, real: jax.Array, z: jax.Array,
+                            dropout_key: jax.Array, *, margin: float, reduction: str):
+  """L_D as a function of D's params; G's output is a constant here."""
+  g, d = state.generator, state.discriminator
+  fake, _ = _apply_train(g, g_params, z, dropout_key)
+  fake = jax.lax.stop_gradient(fake)
+  d_real_key, d_fake_key = jax.random.split(dropout_key)
+  # Real and fake go through D separately, each normalised by its own batch,
+  # and D's running statistics see both.
+  (rec_real, _), d_stats = _apply_train(d, d_params, real, d_real_key)
+  (rec_fake, _), d_stats = _apply_train(d.replace(batch_stats=d_stats), d_params, fake, d_fake_key)
+  e_real = losses.energy(real, rec_real, reduction)
+  e_fake = losses.energy(fake, rec_fake, reduction)
+  loss = losses.discriminator_loss(e_real, e_fake, margin)
+  return loss, (d_stats, e_real, e_fake)
+
+
+def generator_objective(g_params, d_params, state: GANState, z: jax.Array,
+                        dropout_key: jax.Array, *, lambda_pt: float, reduction: str):
+  """L_G as a function of G's params.
+
+  G(z) is both D's input and the reconstruction target; the gradient flows
+  through both (detaching the target would drop half of it).
+  """
+  g_key, d_key = jax.random.split(dropout_key)
+  fake, g_stats = _apply_train(state.generator, g_params, z, g_key)
+  (rec_fake, embedding), _ = _apply_train(state.discriminator, d_params, fake, d_key)
+  e_fake = losses.energy(fake, rec_fake, reduction)
+  loss = losses.generator_loss(e_fake, embedding, lambda_pt)
+  return loss, (g_stats, e_fake, losses.pulling_away(embedding))
+
+
+def update_discriminator(state: GANState, real: jax.Array, z: jax.Array, dropout_key: jax.Array,
+                         *, margin: float, reduction: str) -> tuple[GANState, Metrics]:
+  """One Adam step on L_D; G's params and statistics are left untouched."""
+  grad_fn = jax.value_and_grad(discriminator_objective, has_aux=True)
+  (loss, (d_stats, e_real, e_fake)), grads = grad_fn(
+      state.discriminator.params, state.generator.params, state, real, z, dropout_key,
+      margin=margin, reduction=reduction)
+  discriminator = state.discriminator.apply_gradients(grads=grads, batch_stats=d_stats)
+  metrics = {
+      "d_loss": loss,
+      "energy_real": jnp.mean(e_real),
+      "energy_fake": jnp.mean(e_fake),
+      "hinge_active": jnp.mean((e_fake < margin).astype(jnp.float32)),
+  }
+  return state.replace(discriminator=discriminator), metrics
+
+
+def update_generator(state: GANState, z: jax.Array, dropout_key: jax.Array,
+                     *, lambda_pt: float, reduction: str) -> tuple[GANState, Metrics]:
+  """One Adam step on L_G; D's params and statistics are left untouched."""
+  grad_fn = jax.value_and_grad(generator_objective, has_aux=True)
+  (loss, (g_stats, _, pt)), grads = grad_fn(
+      state.generator.params, state.discriminator.params, state, z, dropout_key,
+      lambda_pt=lambda_pt, reduction=reduction)
+  generator = state.generator.apply_gradients(grads=grads, batch_stats=g_stats)
+  return state.replace(generator=generator), {"g_loss": loss, "pt": pt}
+
+
+def train_step(state: GANState, batch: jax.Array, *, margin: float, lambda_pt: float,
+               reduction: str = "mean") -> tuple[GANState, Metrics]:
+  """One D update then one G update, each on fresh z; returns the new state and metrics.
+
+  Metrics: d_loss, g_loss, energy_real, energy_fake and hinge_active (the
+  fraction of fakes with E < m) from the D update, pt from the G update.
+  """
+  step_key = jax.random.fold_in(state.key, state.step)
+  z_d_key, z_g_key, dropout_d_key, dropout_g_key = jax.random.split(step_key, 4)
+  n = batch.shape[0]
+  state, d_metrics = update_discriminator(
+      state, batch, sample_z(z_d_key, n, state.z_dim), dropout_d_key,
+      margin=margin, reduction=reduction)
+  state, g_metrics = update_generator(
+      state, sample_z(z_g_key, n, state.z_dim), dropout_g_key,
+      lambda_pt=lambda_pt, reduction=reduction)
+  return state.replace(step=state.step + 1), {**d_metrics, **g_metrics}
+
+
+def make_train_step(config) -> Callable[[GANState, jax.Array], tuple[GANState, Metrics]]:
+  """`train_step` with config's objective, jitted, the input state donated.
+
+  Reads config.margin, config.lambda_pt and config.energy_reduction.
+  """
+  if config.energy_reduction not in losses.REDUCTIONS:
+    raise ValueError(f"energy_reduction must be one of {losses.REDUCTIONS}, "
+                     f"got {config.energy_reduction!r}")
+  step = functools.partial(train_step, margin=float(config.margin),
+                           lambda_pt=float(config.lambda_pt), reduction=config.energy_reduction)
+  return jax.jit(step, donate_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def generate(state: GANState, key: jax.Array, n: int) -> jax.Array:
+  """n images from G in eval mode (BatchNorm running averages), in [-1, 1]."""
+  g = state.generator
+  return g.apply_fn({"params": g.params, "batch_stats": g.batch_stats},
+                    sample_z(key, n, state.z_dim), train=False)

@@ -1,0 +1,43 @@
+"""Default experiment: EBGAN with the conv28 nets on MNIST (DESIGN.md starting values)."""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  # Data: a tfds dataset by name, or the four IDX gz files from `idx_dir`
+  # (offline use, e.g. Debian's dataset-fashion-mnist).
+  config.dataset = "mnist"
+  config.idx_dir = config_dict.placeholder(str)
+  config.data_dir = config_dict.placeholder(str)  # tfds data_dir; None = tfds default
+  config.download = True
+  config.shuffle_buffer = 60_000  # covers all of MNIST: a full shuffle
+  config.image_shape = (28, 28, 1)
+
+  # Nets (models.py): family name plus that family's own fields.
+  config.model = ml_collections.ConfigDict({"family": "conv28", "embedding_dim": 32})
+  config.z_dim = 64
+
+  # EBGAN objective (losses.py). m = 0.3, not the common 1: D's tanh output
+  # bounds the energy of a flat grey image near 1, so m = 1 lets G settle on grey.
+  config.energy_reduction = "mean"
+  config.margin = 0.3
+  config.lambda_pt = 0.1
+
+  config.optim_g = ml_collections.ConfigDict({"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999})
+  config.optim_d = ml_collections.ConfigDict({"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999})
+
+  # Training loop.
+  config.seed = 0
+  config.batch_size = 64
+  config.num_steps = 10_000
+  config.train_seconds = 0.0  # wall-clock budget in seconds; 0 = none
+  config.log_every = 100
+  config.sample_every = 1_000
+  config.checkpoint_every = 1_000
+  config.keep = 3
+  config.num_samples = 10_000
+
+  return config
