@@ -26,6 +26,34 @@ def _batch_norm(train: bool) -> nn.BatchNorm:
   return nn.BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=1e-5)
 
 
+class ConvTranspose2x(nn.Module):
+  """nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME"), as 4 plain convolutions.
+
+  Same parameters, same outputs. Output pixel (2i + a, 2j + b) only meets the
+  kernel taps of parity (a, b), so each of the four output phases is a 2x2
+  stride-1 convolution of the (padded) input. On XLA:CPU the kernel gradient
+  of the input-dilated convolution that ConvTranspose lowers to is about 10x
+  slower than that of these plain convolutions when both sides have many
+  channels (conv28's G: 1.7 -> 7.0 steps/s); for one output channel
+  nn.ConvTranspose is the faster of the two.
+  """
+
+  features: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    n, h, w, c_in = x.shape
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (4, 4, c_in, self.features))
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    phases = [[jax.lax.conv_general_dilated(
+        padded[:, a:a + h + 1, b:b + w + 1], kernel[a::2, b::2], (1, 1), "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC")) for b in range(2)] for a in range(2)]
+    # phases[a][b][n, i, j] is output pixel (2i + a, 2j + b): interleave them.
+    y = jnp.stack([jnp.stack(row, axis=3) for row in phases], axis=2)
+    return y.reshape(n, 2 * h, 2 * w, self.features) + bias
+
+
 class Conv28Generator(nn.Module):
   """z -> Dense 1024 -> Dense 7*7*128 -> ConvT 64 (14x14) -> ConvT C (28x28), tanh."""
 
@@ -36,8 +64,7 @@ class Conv28Generator(nn.Module):
     x = nn.relu(_batch_norm(train)(nn.Dense(1024)(z)))
     x = nn.relu(_batch_norm(train)(nn.Dense(7 * 7 * 128)(x)))
     x = x.reshape(-1, 7, 7, 128)
-    x = nn.ConvTranspose(64, (4, 4), strides=(2, 2), padding="SAME")(x)
-    x = nn.relu(_batch_norm(train)(x))
+    x = nn.relu(_batch_norm(train)(ConvTranspose2x(64)(x)))
     x = nn.ConvTranspose(self.image_shape[-1], (4, 4), strides=(2, 2), padding="SAME")(x)
     return jnp.tanh(x)
 

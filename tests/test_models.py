@@ -2,9 +2,11 @@
 
 import re
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import pytest
 
 from ebgan_jax import models
@@ -98,3 +100,26 @@ def test_bad_model_config_is_a_clear_error(model_config, image_shape, message):
   with pytest.raises(ValueError, match=re.escape(message)):
     models.build_models(model_config, image_shape)
 
+
+@pytest.mark.parametrize("shape, features", [((3, 7, 7, 5), 4), ((2, 5, 6, 3), 1)])
+def test_conv_transpose_2x_equals_flax_conv_transpose(shape, features):
+  reference = nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME")
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  variables = reference.init(jax.random.PRNGKey(1), x)
+  # A non-zero bias, so that it is checked too.
+  variables = jax.tree.map(lambda v: v + 0.1 * jax.random.normal(jax.random.PRNGKey(2), v.shape),
+                           variables)
+  ours = models.ConvTranspose2x(features)
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(1), x)) == \
+      jax.tree.map(jnp.shape, variables)
+
+  def loss(module, variables, x):
+    return jnp.sum(jnp.sin(module.apply(variables, x)))
+
+  expected = reference.apply(variables, x)
+  assert ours.apply(variables, x).shape == (shape[0], 2 * shape[1], 2 * shape[2], features)
+  np.testing.assert_allclose(ours.apply(variables, x), expected, atol=1e-5)
+  grads_ref = jax.grad(loss, argnums=(1, 2))(reference, variables, x)
+  grads_ours = jax.grad(loss, argnums=(1, 2))(ours, variables, x)
+  for a, b in zip(jax.tree.leaves(grads_ours), jax.tree.leaves(grads_ref)):
+    np.testing.assert_allclose(a, b, atol=1e-4)
