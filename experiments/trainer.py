@@ -1,0 +1,229 @@
+"""The EBGAN training and sampling jobs: config -> state -> step -> metrics / checkpoints.
+
+`train_and_evaluate(config, workdir)` trains, resuming from the newest
+checkpoint in `workdir/checkpoints`; `sample(config, workdir)` writes
+`workdir/samples.npz` from it. Both validate the config first and raise
+`ConfigError` (one line, for the user) on bad input.
+"""
+
+import json
+import math
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from ebgan_jax import checkpoint, data, losses, models, state as state_lib, train, viz
+
+# Part of the config that fixes parameter shapes: a checkpoint restores only
+# into the same values.
+ARCHITECTURE_FIELDS = ("model", "image_shape", "z_dim")
+GRID_SIZE = 64
+# Sampling batch: one compiled `generate` serves any num_samples.
+SAMPLE_BATCH = 500
+
+
+class ConfigError(ValueError):
+  """Bad user input: a config value, the workdir, or a checkpoint that does not fit."""
+
+
+class TrainingDiverged(RuntimeError):
+  """A loss became NaN or infinite; nothing after the last good checkpoint was saved."""
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first config value that cannot work."""
+  checks = [
+      (config.margin >= 0, f"margin must be >= 0, got {config.margin}"),
+      (config.lambda_pt >= 0, f"lambda_pt must be >= 0, got {config.lambda_pt}"),
+      (config.batch_size >= 2,
+       f"batch_size must be >= 2 (the pulling-away term compares pairs), got {config.batch_size}"),
+      (config.z_dim >= 1, f"z_dim must be >= 1, got {config.z_dim}"),
+      (config.energy_reduction in losses.REDUCTIONS,
+       f"energy_reduction must be one of {losses.REDUCTIONS}, got {config.energy_reduction!r}"),
+      (config.num_steps >= 0, f"num_steps must be >= 0, got {config.num_steps}"),
+      (config.train_seconds >= 0, f"train_seconds must be >= 0 (0 = no budget), "
+                                  f"got {config.train_seconds}"),
+      (config.num_samples > 0, f"num_samples must be > 0, got {config.num_samples}"),
+      (config.keep >= 1, f"keep must be >= 1, got {config.keep}"),
+      (len(config.image_shape) == 3, f"image_shape must be (H, W, C), got {config.image_shape}"),
+  ]
+  for field in ("log_every", "sample_every", "checkpoint_every"):
+    checks.append((config[field] >= 1, f"{field} must be >= 1, got {config[field]}"))
+  for name in ("optim_g", "optim_d"):
+    optim = config[name]
+    checks.append((optim.learning_rate > 0,
+                   f"{name}.learning_rate must be > 0, got {optim.learning_rate}"))
+    checks.append((0 <= optim.b1 < 1 and 0 <= optim.b2 < 1,
+                   f"{name}.b1 and {name}.b2 must be in [0, 1), got {optim.b1} and {optim.b2}"))
+  for ok, message in checks:
+    if not ok:
+      raise ConfigError(message)
+  try:
+    models.build_models(config.model, config.image_shape)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
+def _prepare_workdir(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_probe")
+    with open(probe, "w"):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f"workdir {workdir!r} is not writable ({e.strerror}); "
+                      f"pass a --workdir you can write to") from None
+
+
+def _check_architecture(manager, config) -> None:
+  saved = checkpoint.saved_config(manager)
+  if saved is None:
+    return
+  asked = json.loads(config.to_json_best_effort())  # the form it was saved in
+  for field in ARCHITECTURE_FIELDS:
+    if saved.get(field) != asked[field]:
+      raise ConfigError(
+          f"the checkpoints in {manager.directory} were trained with {field}={saved.get(field)}, "
+          f"but the config asks for {field}={asked[field]}; use a new --workdir or the saved "
+          f"config")
+
+
+def _open_checkpoints(config, workdir):
+  manager = checkpoint.create_manager(os.path.join(workdir, "checkpoints"), config.keep)
+  _check_architecture(manager, config)
+  return manager
+
+
+def _initial_state(config, manager):
+  state = state_lib.create_state(config, jax.random.PRNGKey(config.seed))
+  if manager.latest_step() is None:
+    return state
+  logging.info("Restoring checkpoint %d from %s", manager.latest_step(), manager.directory)
+  return checkpoint.restore(manager, state)
+
+
+def _is_finite(tree) -> bool:
+  return all(bool(np.all(np.isfinite(x))) for x in jax.tree.leaves(jax.device_get(tree)))
+
+
+class _MetricsLog:
+  """Per-step metrics kept on device, fetched and checked once per interval."""
+
+  def __init__(self, writer):
+    self._writer = writer
+    self._pending: list[tuple[int, dict]] = []
+
+  def append(self, step: int, metrics) -> None:
+    self._pending.append((step, metrics))
+
+  def flush(self, last_good_step: int | None) -> None:
+    """Writes the interval's means; raises TrainingDiverged on a non-finite value."""
+    if not self._pending:
+      return
+    steps, values = zip(*self._pending)
+    values = jax.device_get(values)
+    self._pending = []
+    for step, metrics in zip(steps, values):
+      for name, value in metrics.items():
+        if not np.isfinite(value):
+          kept = (f"the last good checkpoint is step {last_good_step}"
+                  if last_good_step is not None else "no checkpoint was written")
+          raise TrainingDiverged(
+              f"training diverged: {name} = {value} at step {step}; stopped without saving, "
+              f"{kept}. Lower the learning rates or check the data")
+    means = {name: float(np.mean([m[name] for m in values])) for name in values[0]}
+    self._writer.write_scalars(steps[-1], means)
+
+
+def _write_sample_grid(writer, state, key, workdir) -> None:
+  images = train.generate(state, key, GRID_SIZE)
+  step = int(state.step)
+  grid = viz.save_png(os.path.join(workdir, f"samples_{step:07d}.png"), images)
+  writer.write_images(step, {"samples": grid[None]})
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state_lib.GANState:
+  """Trains until config.num_steps (or config.train_seconds), then checkpoints."""
+  validate_config(config)
+  _prepare_workdir(workdir)
+  manager = _open_checkpoints(config, workdir)
+  state = _initial_state(config, manager)
+  start_step = int(state.step)
+  try:
+    batches, info = data.create_dataset(config, "train", start_step=start_step)
+  except ValueError as e:  # the data's or the config's fault, never the code's
+    raise ConfigError(str(e)) from None
+  logging.info("Training on %s: %d examples of shape %s", info.source, info.num_examples,
+               info.image_shape)
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if start_step == 0:
+    writer.write_hparams({k: str(v) for k, v in config.items()})
+  train_step = train.make_train_step(config)
+  grid_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x5A3)  # fixed z for grids
+  progress = periodic_actions.ReportProgress(num_train_steps=config.num_steps, writer=writer,
+                                             every_secs=30.0)
+  metrics_log = _MetricsLog(writer)
+  deadline = time.monotonic() + config.train_seconds if config.train_seconds else math.inf
+  last_saved = manager.latest_step()
+
+  step = start_step
+  try:
+    while step < config.num_steps:
+      state, metrics = train_step(state, next(batches))
+      step += 1
+      metrics_log.append(step, metrics)
+      progress(step)
+      out_of_time = time.monotonic() >= deadline
+      if step % config.log_every == 0:
+        metrics_log.flush(last_saved)
+      if step % config.checkpoint_every == 0 or step == config.num_steps or out_of_time:
+        metrics_log.flush(last_saved)
+        last_saved = _save(manager, state, config, step, last_saved)
+      if step % config.sample_every == 0:
+        _write_sample_grid(writer, state, grid_key, workdir)
+      if out_of_time:
+        logging.info("train_seconds=%s spent at step %d", config.train_seconds, step)
+        break
+    metrics_log.flush(last_saved)
+    if step % config.sample_every:
+      _write_sample_grid(writer, state, grid_key, workdir)
+  finally:
+    # Also when training diverged: the last good checkpoint may still be in flight.
+    manager.wait_until_finished()
+    writer.flush()
+  return state
+
+
+def _save(manager, state, config, step, last_saved):
+  # Losses lag the update by one step: check the parameters themselves too.
+  if not _is_finite(state):
+    raise TrainingDiverged(
+        f"training diverged: non-finite parameters at step {step}; stopped without saving, "
+        f"the last good checkpoint is step {last_saved}")
+  checkpoint.save(manager, state, config)
+  return step
+
+
+def sample(config: ml_collections.ConfigDict, workdir: str) -> np.ndarray:
+  """Writes config.num_samples uint8 images from the newest checkpoint to workdir/samples.npz."""
+  validate_config(config)
+  manager = _open_checkpoints(config, workdir)
+  if manager.latest_step() is None:
+    raise ConfigError(f"no checkpoint in {manager.directory}; train first with --mode=train")
+  state = _initial_state(config, manager)
+  key = jax.random.PRNGKey(config.seed + 1)
+  chunks = [viz.to_uint8(train.generate(state, jax.random.fold_in(key, i), SAMPLE_BATCH))
+            for i in range(math.ceil(config.num_samples / SAMPLE_BATCH))]
+  images = np.concatenate(chunks)[:config.num_samples]
+  path = os.path.join(workdir, "samples.npz")
+  np.savez(path, images=images)
+  viz.save_png(os.path.join(workdir, "samples.png"), images[:GRID_SIZE])
+  logging.info("Wrote %d samples of step %d to %s", len(images), int(state.step), path)
+  return images
