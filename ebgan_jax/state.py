@@ -34,7 +34,8 @@ class GANState:
 
 
 def adam(optim_config) -> optax.GradientTransformation:
-  return optax.adam(optim_config.learning_rate, b1=optim_config.b1, b2=optim_config.b2)
+  return optax.adam(optim_config.learning_rate, b1=optim_config.b1, b2=optim_config.b2,
+                    eps=optim_config.eps)
 
 
 def _train_state(module, variables, tx) -> TrainState:

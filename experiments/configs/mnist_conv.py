@@ -26,10 +26,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.margin = 0.3
   config.lambda_pt = 0.1
 
-  config.optim_g = ml_collections.ConfigDict({"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999})
-  config.optim_d = ml_collections.ConfigDict({"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999})
+  # Adam per net (Radford et al.'s DCGAN setting, as in the paper).
+  config.optim_g = ml_collections.ConfigDict(
+      {"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999, "eps": 1e-8})
+  config.optim_d = ml_collections.ConfigDict(
+      {"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999, "eps": 1e-8})
 
-  # Training loop.
+  # Training loop. One process per host with `distributed` (multi-host TPU
+  # pods and GPU clusters, see the README); one process sees every local device.
+  config.distributed = False
   config.seed = 0
   config.batch_size = 64
   config.num_steps = 10_000
