@@ -4,18 +4,57 @@ One step (DESIGN.md): one D update on (real batch, fresh z), then one G update
 on another fresh z. Each update advances only its own net's BatchNorm
 statistics: the other net runs in training mode (batch statistics) but its
 running averages are left as they were.
+
+Data parallelism is one `jax.jit` over a 1-D device mesh (axis "data"): the
+state is replicated, each batch is split along its first axis, and XLA
+inserts the cross-device reductions. 1 device or 1,000, it is the same code.
 """
 
 import functools
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from ebgan_jax import losses
 from ebgan_jax.state import GANState, TrainState
 
 Metrics = dict[str, jax.Array]
+
+DATA_AXIS = "data"
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A 1-D mesh over `devices` (default: every device of every process)."""
+  devices = jax.devices() if devices is None else list(devices)
+  # Auto axes: the step is written for global arrays and XLA chooses the
+  # collectives, so the model code carries no sharding annotations.
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,),
+                       devices=devices)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def replicate(state: GANState, mesh: Mesh) -> GANState:
+  """Puts a copy of `state` on every device of `mesh`."""
+  return jax.device_put(state, replicated(mesh))
+
+
+def global_batch(local_batch: np.ndarray, mesh: Mesh) -> jax.Array:
+  """This process's part of a batch -> the global batch, split over `mesh`.
+
+  With several processes (hosts), each passes the examples it read, and the
+  global batch is their concatenation in process order.
+  """
+  return jax.make_array_from_process_local_data(batch_sharded(mesh), local_batch)
 
 
 def sample_z(key: jax.Array, n: int, z_dim: int) -> jax.Array:
@@ -110,17 +149,33 @@ def train_step(state: GANState, batch: jax.Array, *, margin: float, lambda_pt: f
   return state.replace(step=state.step + 1), {**d_metrics, **g_metrics}
 
 
-def make_train_step(config) -> Callable[[GANState, jax.Array], tuple[GANState, Metrics]]:
-  """`train_step` with config's objective, jitted, the input state donated.
+def make_train_step(config, mesh: Mesh | None = None
+                    ) -> Callable[[GANState, jax.Array], tuple[GANState, Metrics]]:
+  """`train_step` with config's objective, jitted over `mesh`, the input state donated.
 
-  Reads config.margin, config.lambda_pt and config.energy_reduction.
+  The state must be replicated on `mesh` (see `replicate`) and the batch
+  split over it (see `global_batch`); metrics come back replicated. As one
+  program over global arrays, the step computes exactly what one device
+  would on the whole batch, up to the order of float sums: BatchNorm's
+  batch statistics, the losses' means and the pulling-away term are those
+  of the global batch, not of each device's slice.
+
+  Args:
+    config: reads margin, lambda_pt, energy_reduction and batch_size (global).
+    mesh: default `make_mesh()`, all devices.
   """
   if config.energy_reduction not in losses.REDUCTIONS:
     raise ValueError(f"energy_reduction must be one of {losses.REDUCTIONS}, "
                      f"got {config.energy_reduction!r}")
+  mesh = make_mesh() if mesh is None else mesh
+  if config.batch_size % mesh.size:
+    raise ValueError(
+        f"global batch_size {config.batch_size} is not divisible by the {mesh.size} devices; "
+        f"use a multiple of {mesh.size} (per-device batch x device count)")
   step = functools.partial(train_step, margin=float(config.margin),
                            lambda_pt=float(config.lambda_pt), reduction=config.energy_reduction)
-  return jax.jit(step, donate_argnums=0)
+  return jax.jit(step, in_shardings=(replicated(mesh), batch_sharded(mesh)),
+                 out_shardings=replicated(mesh), donate_argnums=0)
 
 
 @functools.partial(jax.jit, static_argnums=2)

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 
+import jax
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
@@ -31,6 +32,8 @@ _MODE = flags.DEFINE_enum(
     "mode", "train", ["train", "sample"],
     "train: train (resuming from the workdir's checkpoints); sample: write samples.npz.")
 
+# Set to 1 (or --config.distributed=True) to run one process per host.
+DISTRIBUTED_ENV = "EBGAN_DISTRIBUTED"
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 
@@ -46,10 +49,25 @@ class _JobLogsOnly(logging.Filter):
             or any(part in record.pathname for part in ("/experiments/", "/clu/")))
 
 
+def _env_int(name: str) -> int | None:
+  value = os.environ.get(name)
+  if not value:
+    return None
+  if not value.isdigit():
+    raise app.UsageError(f"{name} must be a non-negative integer, got {value!r}")
+  return int(value)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   absl_logging.get_absl_handler().addFilter(_JobLogsOnly())
+  if _CONFIG.value.get("distributed") or os.environ.get(DISTRIBUTED_ENV) == "1":
+    # Before any other JAX call. On TPU pods and SLURM / Open MPI clusters JAX
+    # finds the coordinator, process count and index by itself; elsewhere they
+    # come from JAX_COORDINATOR_ADDRESS and the two variables below.
+    jax.distributed.initialize(num_processes=_env_int("EBGAN_NUM_PROCESSES"),
+                               process_id=_env_int("EBGAN_PROCESS_ID"))
   job = trainer.train_and_evaluate if _MODE.value == "train" else trainer.sample
   try:
     job(_CONFIG.value, _WORKDIR.value)

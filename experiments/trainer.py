@@ -60,6 +60,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                    f"{name}.learning_rate must be > 0, got {optim.learning_rate}"))
     checks.append((0 <= optim.b1 < 1 and 0 <= optim.b2 < 1,
                    f"{name}.b1 and {name}.b2 must be in [0, 1), got {optim.b1} and {optim.b2}"))
+    checks.append((optim.eps > 0, f"{name}.eps must be > 0, got {optim.eps}"))
   for ok, message in checks:
     if not ok:
       raise ConfigError(message)
@@ -100,8 +101,9 @@ def _open_checkpoints(config, workdir):
   return manager
 
 
-def _initial_state(config, manager):
-  state = state_lib.create_state(config, jax.random.PRNGKey(config.seed))
+def _initial_state(config, manager, mesh):
+  """A fresh state, or the newest checkpoint, replicated on `mesh`."""
+  state = train.replicate(state_lib.create_state(config, jax.random.PRNGKey(config.seed)), mesh)
   if manager.latest_step() is None:
     return state
   logging.info("Restoring checkpoint %d from %s", manager.latest_step(), manager.directory)
@@ -142,7 +144,9 @@ class _MetricsLog:
 
 
 def _write_sample_grid(writer, state, key, workdir) -> None:
-  images = train.generate(state, key, GRID_SIZE)
+  images = train.generate(state, key, GRID_SIZE)  # every process takes part
+  if jax.process_index() != 0:
+    return
   step = int(state.step)
   grid = viz.save_png(os.path.join(workdir, f"samples_{step:07d}.png"), images)
   writer.write_images(step, {"samples": grid[None]})
@@ -153,19 +157,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   validate_config(config)
   _prepare_workdir(workdir)
   manager = _open_checkpoints(config, workdir)
-  state = _initial_state(config, manager)
+  mesh = train.make_mesh()
+  state = _initial_state(config, manager, mesh)
   start_step = int(state.step)
   try:
-    batches, info = data.create_dataset(config, "train", start_step=start_step)
+    batches, info = data.create_dataset(config, "train", start_step=start_step,
+                                        device_count=mesh.size)
   except ValueError as e:  # the data's or the config's fault, never the code's
     raise ConfigError(str(e)) from None
-  logging.info("Training on %s: %d examples of shape %s", info.source, info.num_examples,
-               info.image_shape)
+  logging.info("Training on %s: %d examples of shape %s, global batch %d over %d devices "
+               "in %d processes", info.source, info.num_examples, info.image_shape,
+               config.batch_size, mesh.size, jax.process_count())
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:
     writer.write_hparams({k: str(v) for k, v in config.items()})
-  train_step = train.make_train_step(config)
+  train_step = train.make_train_step(config, mesh)
   grid_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x5A3)  # fixed z for grids
   progress = periodic_actions.ReportProgress(num_train_steps=config.num_steps, writer=writer,
                                              every_secs=30.0)
@@ -176,7 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   step = start_step
   try:
     while step < config.num_steps:
-      state, metrics = train_step(state, next(batches))
+      state, metrics = train_step(state, train.global_batch(next(batches), mesh))
       step += 1
       metrics_log.append(step, metrics)
       progress(step)
@@ -217,13 +224,14 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> np.ndarray:
   manager = _open_checkpoints(config, workdir)
   if manager.latest_step() is None:
     raise ConfigError(f"no checkpoint in {manager.directory}; train first with --mode=train")
-  state = _initial_state(config, manager)
+  state = _initial_state(config, manager, train.make_mesh())
   key = jax.random.PRNGKey(config.seed + 1)
   chunks = [viz.to_uint8(train.generate(state, jax.random.fold_in(key, i), SAMPLE_BATCH))
             for i in range(math.ceil(config.num_samples / SAMPLE_BATCH))]
   images = np.concatenate(chunks)[:config.num_samples]
-  path = os.path.join(workdir, "samples.npz")
-  np.savez(path, images=images)
-  viz.save_png(os.path.join(workdir, "samples.png"), images[:GRID_SIZE])
-  logging.info("Wrote %d samples of step %d to %s", len(images), int(state.step), path)
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, "samples.npz")
+    np.savez(path, images=images)
+    viz.save_png(os.path.join(workdir, "samples.png"), images[:GRID_SIZE])
+    logging.info("Wrote %d samples of step %d to %s", len(images), int(state.step), path)
   return images

@@ -89,8 +89,8 @@ def test_nan_guard_keeps_the_last_good_checkpoint(idx_dir, tmp_path, monkeypatch
   trainer.train_and_evaluate(_tiny(idx_dir, num_steps=10), str(tmp_path))
   real_make_train_step = train.make_train_step
 
-  def poisoned_make_train_step(config):
-    step = real_make_train_step(config)
+  def poisoned_make_train_step(config, mesh):
+    step = real_make_train_step(config, mesh)
 
     def poisoned(state, batch):
       state, metrics = step(state, batch)
@@ -113,15 +113,15 @@ def test_nan_guard_keeps_the_last_good_checkpoint(idx_dir, tmp_path, monkeypatch
 def test_nan_parameters_are_never_checkpointed(idx_dir, tmp_path, monkeypatch):
   real_make_train_step = train.make_train_step
 
-  def poisoned_make_train_step(config):
-    step = real_make_train_step(config)
+  def poisoned_make_train_step(config, mesh):
+    step = real_make_train_step(config, mesh)
 
     def poisoned(state, batch):
       state, metrics = step(state, batch)
       # The update of the last step, 10, blows up; its losses are still finite.
-      bias = state.generator.params["Dense_0"]["bias"]
+      bias = state.generator.params["Dense_1"]["bias"]
       bias = jnp.where(state.step == 10, jnp.nan, bias)
-      params = {**state.generator.params, "Dense_0": {**state.generator.params["Dense_0"],
+      params = {**state.generator.params, "Dense_1": {**state.generator.params["Dense_1"],
                                                       "bias": bias}}
       return state.replace(generator=state.generator.replace(params=params)), metrics
     return poisoned

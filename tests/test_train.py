@@ -143,8 +143,9 @@ def test_steps_are_deterministic_and_compile_once():
   config = _config("conv28")
 
   def run(num_steps):
-    state = _state("conv28", seed=7)
-    step = train.make_train_step(config)
+    mesh = train.make_mesh()
+    state = train.replicate(_state("conv28", seed=7), mesh)
+    step = train.make_train_step(config, mesh)
     for i in range(num_steps):
       state, metrics = step(state, _batch(seed=i))
     return state, metrics, step

@@ -1,0 +1,135 @@
+"""The sharded step and checkpoints across device counts, on 8 simulated CPU devices.
+
+Each check runs in a subprocess (tests/multidevice.py): the number of CPU
+devices is fixed when JAX starts, and this process keeps one.
+"""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import types
+
+import jax
+import numpy as np
+import pytest
+
+from ebgan_jax import checkpoint, data, train
+from experiments import trainer
+from experiments.configs import tiny
+from tests import data_fixtures, multidevice
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _run(check, *args, devices=8, background=False):
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+         "JAX_PLATFORMS": "cpu"}
+  command = [sys.executable, "-m", "tests.multidevice", check, *map(str, args)]
+  if background:
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+  result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-4000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory):
+  return data_fixtures.write_idx_dir(tmp_path_factory.mktemp("idx"), num_train=256, num_test=64,
+                                     height=28, width=28)
+
+
+@pytest.mark.parametrize("family", ["conv28", "mlp"])
+def test_sharded_step_equals_one_device(family):
+  report = _run("check_step_equality", family, 3)
+  assert report["devices"] == 8
+
+
+def test_batchnorm_statistics_are_those_of_the_global_batch():
+  assert _run("check_batch_statistics_are_global")["running_mean_matches_global_batch"]
+
+
+def test_global_batch_must_divide_over_devices():
+  config = tiny.get_config()
+  config.batch_size = 12
+  train.make_train_step(config, train.make_mesh())  # 12 over this process's 1 device
+  eight_devices = types.SimpleNamespace(size=8)  # all that the check reads of a mesh
+  with pytest.raises(ValueError, match="global batch_size 12 is not divisible by the 8 devices"):
+    train.make_train_step(config, eight_devices)
+
+
+def _tiny_state(idx_dir, workdir, num_steps):
+  config = multidevice.tolerant_adam(tiny.get_config())
+  config.idx_dir = str(idx_dir)
+  config.num_steps = num_steps
+  config.checkpoint_every = 1_000
+  return trainer.train_and_evaluate(config, str(workdir))
+
+
+def _assert_leaves_close(actual, expected):
+  assert len(actual) == len(expected)
+  for a, b in zip(actual, expected):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoint_moves_between_8_devices_and_1(idx_dir, tmp_path):
+  straight = [np.asarray(x) for x in jax.tree.leaves(_tiny_state(idx_dir, tmp_path / "a", 12))]
+
+  # Saved on 8 devices, resumed and finished on 1 (this process).
+  _run("check_train", tmp_path / "b", idx_dir, 6, tmp_path / "b6.npz")
+  resumed_on_1 = _tiny_state(idx_dir, tmp_path / "b", 12)
+  _assert_leaves_close([np.asarray(x) for x in jax.tree.leaves(resumed_on_1)], straight)
+
+  # Saved on 1 device, resumed and finished on 8.
+  _tiny_state(idx_dir, tmp_path / "c", 6)
+  report = _run("check_train", tmp_path / "c", idx_dir, 12, tmp_path / "c12.npz")
+  assert report == {"devices": 8, "step": 12}
+  resumed_on_8 = np.load(tmp_path / "c12.npz")
+  _assert_leaves_close([resumed_on_8[f"arr_{i}"] for i in range(len(straight))], straight)
+
+
+def test_two_processes_train_as_one(idx_dir, tmp_path):
+  """Two CLI processes x 2 CPU devices (jax.distributed on localhost) == one process's step.
+
+  Each process reads its own data shard; the reference feeds their
+  concatenation, the global batch, to the same step on one device.
+  """
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  workdir = tmp_path / "run"
+  flags = [f"--config={REPO / 'experiments/configs/tiny.py'}", f"--workdir={workdir}",
+           f"--config.idx_dir={idx_dir}", "--config.num_steps=4",
+           "--config.optim_g.eps=1e-3", "--config.optim_d.eps=1e-3"]  # see tolerant_adam
+  processes = []
+  for process_id in (0, 1):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "JAX_PLATFORMS": "cpu", "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
+           "EBGAN_DISTRIBUTED": "1", "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+           "EBGAN_NUM_PROCESSES": "2", "EBGAN_PROCESS_ID": str(process_id)}
+    processes.append(subprocess.Popen(
+        [sys.executable, "-m", "experiments.mnist_ebgan", *flags], cwd=REPO, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  logs = []
+  for process in processes:
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-4000:]
+    logs.append(stderr)
+  assert all("global batch 16 over 4 devices in 2 processes" in log for log in logs)
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["4"]
+  assert [p.name for p in workdir.glob("samples_*.png")] == ["samples_0000004.png"]
+
+  config = multidevice.tolerant_adam(tiny.get_config())
+  config.idx_dir = str(idx_dir)
+  shards = [data.create_dataset(config, process_index=i, process_count=2, device_count=4)[0]
+            for i in (0, 1)]
+  batches = [np.concatenate([next(shard) for shard in shards]) for _ in range(4)]
+  reference, _, _ = multidevice.run_steps(config, train.make_mesh(), batches)
+  manager = checkpoint.create_manager(str(workdir / "checkpoints"), keep=2)
+  trained = checkpoint.restore(manager, reference)
+  _assert_leaves_close([np.asarray(x) for x in jax.tree.leaves(trained)],
+                       [np.asarray(x) for x in jax.tree.leaves(reference)])
