@@ -1,0 +1,276 @@
+"""Tests of experiments.evaluate and of stacked MNIST, scored by a classifier that is always right.
+
+The data are "pattern digits" (tests/test_classifier.py): ten classes that a
+CNN separates perfectly after a few steps, so every score has a known answer.
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from ebgan_jax import classifier, data, metrics, state as state_lib
+from experiments import evaluate, trainer
+from experiments.configs import stacked_mnist_conv, tiny
+from tests import data_fixtures
+from tests.test_classifier import MODEL, pattern_digits, write_pattern_idx_dir
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+NUM_TEST = 200
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory):
+  return write_pattern_idx_dir(tmp_path_factory.mktemp("idx"), num_train=400, num_test=NUM_TEST)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+  """A classifier cache whose "mnist" classifier recognises pattern digits without error."""
+  model = classifier.create_model(MODEL)
+  images, labels = pattern_digits(640, seed=5)
+  params = classifier.fit(model, images, labels, num_epochs=3, batch_size=32, learning_rate=3e-3,
+                          seed=0)
+  cache = tmp_path_factory.mktemp("classifiers")
+  test_images, test_labels = pattern_digits(300, seed=6)
+  accuracy = classifier.accuracy(model, params, test_images, test_labels)
+  assert accuracy == 1.0  # the premise of every test below
+  classifier.save(cache / "mnist", params,
+                  {"model": MODEL, "image_shape": [28, 28, 1], "test_accuracy": accuracy})
+  return cache
+
+
+def plain_config(idx_dir, cache_dir, **eval_fields):
+  config = tiny.get_config()
+  config.idx_dir = str(idx_dir)
+  config.eval = ml_collections.ConfigDict({"classifier_dir": str(cache_dir), **eval_fields})
+  return config
+
+
+def stacked_config(idx_dir, cache_dir):
+  config = stacked_mnist_conv.get_config()
+  config.idx_dir = str(idx_dir)
+  config.stacked_split_sizes = {"train": 300, "test": NUM_TEST}
+  config.num_samples = 300
+  config.eval.classifier_dir = str(cache_dir)
+  return config
+
+
+# --- Scores with known answers -------------------------------------------------------
+
+
+def test_the_test_split_against_itself(idx_dir, cache_dir):
+  config = plain_config(idx_dir, cache_dir)
+  test_images, _ = data.load_split(config, "test")
+  results = evaluate.Evaluator(config)(test_images)
+  assert results["precision"] == results["recall"] == results["coverage"] == 1.0
+  assert results["fid"] == pytest.approx(0.0, abs=1e-6)
+  # Confident predictions, every class twice in each of the 10 splits of 20 images.
+  assert results["inception_score"] > 9.0
+  assert results["class_histogram"] == [NUM_TEST // 10] * 10
+  assert results["classes_1pct"] == 10
+  assert results["kl_to_uniform"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_references_put_training_images_near_the_floor_and_noise_far_away(idx_dir, cache_dir):
+  config = plain_config(idx_dir, cache_dir)
+  evaluator = evaluate.Evaluator(config)
+  references = evaluate.reference_images(config)
+  assert {name: images.shape for name, images in references.items()} == {
+      "train": (config.num_samples, 28, 28, 1), "uniform_noise": (config.num_samples, 28, 28, 1)}
+  train, noise = evaluator(references["train"]), evaluator(references["uniform_noise"])
+  assert train["precision"] > 0.9 and train["coverage"] > 0.5
+  assert noise["precision"] < 0.1 and noise["coverage"] < 0.1
+  assert noise["fid"] > 10 * train["fid"]
+  assert noise["kid"] > 10 * abs(train["kid"])
+
+
+def test_a_collapsed_generator_loses_classes_and_coverage(idx_dir, cache_dir):
+  config = plain_config(idx_dir, cache_dir)
+  images, labels = pattern_digits(300, seed=7)
+  results = evaluate.Evaluator(config)(images[labels < 2])  # only classes 0 and 1
+  assert results["classes_1pct"] == 2
+  assert results["kl_to_uniform"] == pytest.approx(np.log(5), rel=1e-9)
+  assert results["inception_score"] == pytest.approx(2.0, rel=0.05)
+  assert results["coverage"] < 0.3
+
+
+def test_stacked_modes_are_counted_on_each_channel(idx_dir, cache_dir):
+  config = stacked_config(idx_dir, cache_dir)
+  images, modes = data.load_split(config, "test")
+  evaluator = evaluate.Evaluator(config)
+  probabilities, features = evaluate.score(evaluator.classifier, images)
+  assert probabilities.shape == (NUM_TEST, 1000) and features.shape == (NUM_TEST, 3 * 16)
+  np.testing.assert_array_equal(np.argmax(probabilities, axis=1), modes)
+
+  results = evaluator(images)
+  assert results["modes_covered"] == len(np.unique(modes))
+  assert results["kl_modes_to_uniform"] == pytest.approx(
+      metrics.kl_to_uniform(np.bincount(modes, minlength=1000)), rel=1e-12)
+  assert "class_histogram" not in results
+  # One digit in every channel: a single mode.
+  single = evaluator(np.repeat(images[:1], 20, axis=0))
+  assert single["modes_covered"] == 1
+  assert single["kl_modes_to_uniform"] == pytest.approx(np.log(1000), rel=1e-9)
+
+
+# --- Stacked-MNIST data --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def numbered_idx_dir(tmp_path_factory):
+  """Digit i is filled with the value i (data_fixtures), its label is i % 10."""
+  return data_fixtures.write_idx_dir(tmp_path_factory.mktemp("numbered"), num_train=200,
+                                     num_test=100, height=28, width=28)
+
+
+def numbered_stacked_config(idx_dir, **overrides):
+  config = stacked_mnist_conv.get_config()
+  config.update({"idx_dir": str(idx_dir), "stacked_split_sizes": {"train": 500, "test": 50},
+                 "batch_size": 50, "shuffle_buffer": 500, **overrides})
+  return config
+
+
+def test_stacked_split_stacks_three_digits_and_numbers_their_modes(numbered_idx_dir):
+  config = numbered_stacked_config(numbered_idx_dir)
+  images, modes = data.load_split(config, "train")
+  assert images.shape == (500, 28, 28, 3) and images.dtype == np.uint8
+  digit_indices = images[:, 0, 0, :].astype(np.int64)  # each channel is one numbered digit
+  assert np.all(images == images[:, :1, :1, :])
+  np.testing.assert_array_equal(modes, metrics.stacked_mode_labels(digit_indices % 10))
+  # The channels are drawn independently: all 1000 modes are possible, and R, G, B differ.
+  assert len(np.unique(modes)) > 300
+  assert np.mean(digit_indices[:, 0] == digit_indices[:, 1]) < 0.05
+
+
+def test_stacked_split_is_fixed_per_split_and_independent_of_the_seed(numbered_idx_dir):
+  train, _ = data.load_split(numbered_stacked_config(numbered_idx_dir), "train")
+  again, _ = data.load_split(numbered_stacked_config(numbered_idx_dir, seed=7), "train")
+  test, _ = data.load_split(numbered_stacked_config(numbered_idx_dir), "test")
+  np.testing.assert_array_equal(train, again)
+  assert test.shape == (50, 28, 28, 3) and test.max() < 100  # drawn from the 100 test digits
+  with pytest.raises(ValueError, match="no size for split 'validation'"):
+    data.load_split(numbered_stacked_config(numbered_idx_dir), "validation")
+
+
+def test_stacked_training_stream_serves_the_stacked_split(numbered_idx_dir):
+  config = numbered_stacked_config(numbered_idx_dir)
+  batches, info = data.create_dataset(config, device_count=1)
+  assert info == data.DatasetInfo((28, 28, 3), 500, "train", f"stacked:idx:{numbered_idx_dir}")
+  epoch = np.concatenate([next(batches) for _ in range(10)])  # 10 x 50: one epoch
+  assert epoch.shape == (500, 28, 28, 3) and epoch.dtype == np.float32
+  images, _ = data.load_split(config, "train")
+  served = np.rint((epoch[:, 0, 0, :] + 1.0) * 127.5).astype(np.int64)
+  stored = images[:, 0, 0, :].astype(np.int64)
+  # The epoch is a permutation of the stored split.
+  assert sorted(map(tuple, served)) == sorted(map(tuple, stored))
+
+
+# --- Periodic evaluation and the CLI ----------------------------------------------------
+
+
+def test_make_evaluator_scores_a_generator_reproducibly(idx_dir, cache_dir):
+  config = plain_config(idx_dir, cache_dir, num_samples=120)
+  gan = state_lib.create_state(config, jax.random.PRNGKey(0))
+  evaluate_state = evaluate.make_evaluator(config)
+  first, second = evaluate_state(gan), evaluate_state(gan)
+  assert first == second  # the same z every time
+  assert set(first) == {"inception_score", "inception_score_std", "fid", "kid", "kid_std",
+                        "precision", "recall", "density", "coverage", "classes_1pct",
+                        "kl_to_uniform"}
+  assert all(isinstance(value, float) and np.isfinite(value) for value in first.values())
+  # An untrained generator is far from the test split.
+  assert first["fid"] > 0.1 and first["coverage"] < 0.5
+
+
+def test_evaluate_workdir_samples_the_latest_checkpoint(idx_dir, cache_dir, tmp_path):
+  config = plain_config(idx_dir, cache_dir)
+  config.num_steps = 3
+  trainer.train_and_evaluate(config, str(tmp_path))
+  [line] = evaluate.run(config, workdir=str(tmp_path))
+  assert line["evaluated"] == f"checkpoint:{tmp_path}" and line["step"] == 3
+  assert line["num_samples"] == config.num_samples
+  assert (tmp_path / "samples.npz").is_file()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({}, "give --samples=PATH.npz, --workdir=DIR"),
+    ({"samples": "x.npz", "reference": True}, "not both"),
+    ({"samples": "/nonexistent/samples.npz"}, "cannot read samples from /nonexistent"),
+])
+def test_run_rejects_bad_requests(idx_dir, cache_dir, kwargs, message):
+  with pytest.raises(evaluate.EvaluationError, match=message):
+    evaluate.run(plain_config(idx_dir, cache_dir), **kwargs)
+
+
+def test_samples_of_the_wrong_shape_or_too_few_are_rejected(idx_dir, cache_dir):
+  evaluator = evaluate.Evaluator(plain_config(idx_dir, cache_dir))
+  with pytest.raises(evaluate.EvaluationError, match="do not match config.image_shape"):
+    evaluator(np.zeros((50, 28, 28, 3), np.uint8))
+  with pytest.raises(evaluate.EvaluationError, match="too few"):
+    evaluator(np.zeros((4, 28, 28, 1), np.uint8))
+
+
+def test_unknown_eval_fields_are_rejected(idx_dir, cache_dir):
+  with pytest.raises(evaluate.EvaluationError, match=r"unknown config.eval fields \['kid_size'\]"):
+    evaluate.eval_settings(plain_config(idx_dir, cache_dir, kid_size=3))
+
+
+def _run_cli(*args):
+  return subprocess.run([sys.executable, "-m", "experiments.evaluate", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_cli_scores_samples_and_appends_to_the_workdir(idx_dir, cache_dir, tmp_path):
+  config_file = tmp_path / "config.py"
+  config_file.write_text(
+      "import ml_collections\n"
+      "from experiments.configs import tiny\n\n\n"
+      "def get_config():\n"
+      "  config = tiny.get_config()\n"
+      "  config.eval = ml_collections.ConfigDict({'classifier_dir': ''})\n"
+      "  return config\n")
+  images, _ = pattern_digits(100, seed=8)
+  np.savez(tmp_path / "samples.npz", images=images)
+  args = [f"--config={config_file}", f"--config.idx_dir={idx_dir}",
+          f"--config.eval.classifier_dir={cache_dir}", f"--workdir={tmp_path / 'run'}"]
+  result = _run_cli(*args, f"--samples={tmp_path / 'samples.npz'}")
+  assert result.returncode == 0, result.stderr
+  [line] = [json.loads(text) for text in result.stdout.splitlines()]
+  saved = classifier.load(cache_dir / "mnist").metadata
+  assert line["classifier"] == str(cache_dir / "mnist")
+  assert line["classifier_sha256"] == saved["params_sha256"]
+  assert line["evaluated"] == f"samples:{tmp_path / 'samples.npz'}"
+  assert line["real"] == f"idx:{idx_dir} test split ({NUM_TEST} images)"
+  assert line["classes_1pct"] == 10 and line["precision"] > 0.9
+  assert (tmp_path / "run" / "eval.jsonl").read_text() == result.stdout
+
+  # Without a classifier: one error line naming the command that trains it.
+  result = _run_cli(*args[:-2], f"--config.eval.classifier_dir={tmp_path / 'empty'}",
+                    f"--samples={tmp_path / 'samples.npz'}")
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert len(error_lines) == 1
+  assert "no trained classifier for 'mnist'" in error_lines[0]
+  assert "experiments.train_classifier --config=experiments/configs/classifier_mnist.py" in (
+      error_lines[0])
+
+
+def test_cli_reference_on_stacked_mnist(idx_dir, cache_dir):
+  result = _run_cli(f"--config={REPO / 'experiments/configs/stacked_mnist_conv.py'}",
+                    f"--config.idx_dir={idx_dir}", f"--config.eval.classifier_dir={cache_dir}",
+                    "--config.stacked_split_sizes.train=300",
+                    f"--config.stacked_split_sizes.test={NUM_TEST}", "--config.num_samples=300",
+                    "--reference")
+  assert result.returncode == 0, result.stderr
+  train, noise = [json.loads(text) for text in result.stdout.splitlines()]
+  assert train["evaluated"] == "reference:train" and noise["evaluated"] == "reference:uniform_noise"
+  assert train["real"] == f"stacked:idx:{idx_dir} test split ({NUM_TEST} images)"
+  # 300 draws of 1000 equally likely modes cover about 1000 (1 - e^-0.3) = 259 of them.
+  assert 220 < train["modes_covered"] < 300
+  assert noise["precision"] < 0.1 and train["precision"] > 0.9
