@@ -21,5 +21,7 @@ def test_colab_notebook_executes(tmp_path, monkeypatch):
   outputs = "".join(output.get("text", "") for cell in notebook.cells
                     if cell.cell_type == "code" for output in cell.outputs)
   assert "steps in" in outputs
+  # No classifier is cached for the tiny setting's data: the cell says so.
+  assert "not evaluated: " in outputs or "'fid'" in outputs
   assert any(output.get("data", {}).get("image/png") for cell in notebook.cells
              if cell.cell_type == "code" for output in cell.outputs)
