@@ -18,6 +18,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from ebgan_jax import checkpoint, data, losses, models, state as state_lib, train, viz
+from experiments import evaluate
 
 # Part of the config that fixes parameter shapes: a checkpoint restores only
 # into the same values.
@@ -54,6 +55,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   ]
   for field in ("log_every", "sample_every", "checkpoint_every"):
     checks.append((config[field] >= 1, f"{field} must be >= 1, got {config[field]}"))
+  checks.append((config.get("eval_every", 0) >= 0,
+                 f"eval_every must be >= 0 (0 = never), got {config.get('eval_every')}"))
   for name in ("optim_g", "optim_d"):
     optim = config[name]
     checks.append((optim.learning_rate > 0,
@@ -143,6 +146,13 @@ class _MetricsLog:
     self._writer.write_scalars(steps[-1], means)
 
 
+def _make_evaluator(config):
+  try:
+    return evaluate.make_evaluator(config)
+  except evaluate.EvaluationError as e:
+    raise ConfigError(f"eval_every={config.eval_every} needs the built-in metrics: {e}") from None
+
+
 def _write_sample_grid(writer, state, key, workdir) -> None:
   images = train.generate(state, key, GRID_SIZE)  # every process takes part
   if jax.process_index() != 0:
@@ -177,6 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   progress = periodic_actions.ReportProgress(num_train_steps=config.num_steps, writer=writer,
                                              every_secs=30.0)
   metrics_log = _MetricsLog(writer)
+  evaluator = _make_evaluator(config) if config.get("eval_every") else None
   deadline = time.monotonic() + config.train_seconds if config.train_seconds else math.inf
   last_saved = manager.latest_step()
 
@@ -195,6 +206,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
         last_saved = _save(manager, state, config, step, last_saved)
       if step % config.sample_every == 0:
         _write_sample_grid(writer, state, grid_key, workdir)
+      if evaluator and step % config.eval_every == 0:
+        writer.write_scalars(step, {f"eval/{k}": v for k, v in evaluator(state).items()})
       if out_of_time:
         logging.info("train_seconds=%s spent at step %d", config.train_seconds, step)
         break

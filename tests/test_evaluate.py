@@ -274,3 +274,31 @@ def test_cli_reference_on_stacked_mnist(idx_dir, cache_dir):
   # 300 draws of 1000 equally likely modes cover about 1000 (1 - e^-0.3) = 259 of them.
   assert 220 < train["modes_covered"] < 300
   assert noise["precision"] < 0.1 and train["precision"] > 0.9
+
+
+# --- Periodic evaluation during training -----------------------------------------------
+
+
+def _scalar_tags(workdir) -> set[str]:
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+
+  [events] = pathlib.Path(workdir).glob("events.out.tfevents.*")
+  accumulator = event_accumulator.EventAccumulator(str(events))
+  accumulator.Reload()
+  return set(accumulator.Tags()["tensors"]) | set(accumulator.Tags()["scalars"])
+
+
+def test_training_logs_the_metrics_every_eval_every_steps(idx_dir, cache_dir, tmp_path):
+  config = plain_config(idx_dir, cache_dir, num_samples=120, kid_subsets=2, kid_subset_size=50)
+  config.num_steps = 4
+  config.eval_every = 2
+  trainer.train_and_evaluate(config, str(tmp_path))
+  tags = _scalar_tags(tmp_path)
+  assert {"eval/fid", "eval/inception_score", "eval/coverage", "eval/kid"} <= tags
+
+
+def test_eval_every_without_a_classifier_is_a_config_error(idx_dir, tmp_path):
+  config = plain_config(idx_dir, tmp_path / "no_classifiers")
+  config.eval_every = 2
+  with pytest.raises(trainer.ConfigError, match="eval_every=2 needs the built-in metrics"):
+    trainer.train_and_evaluate(config, str(tmp_path / "run"))

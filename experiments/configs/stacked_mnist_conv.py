@@ -10,7 +10,6 @@ Offline: --config.idx_dir=DIR with MNIST's four IDX files.
 
 import ml_collections
 
-from ebgan_jax import classifier
 from experiments.configs import mnist_conv
 
 
@@ -23,7 +22,5 @@ def get_config():
   # 26 samples per mode on average: a generator that spreads its samples
   # evenly over the 1000 modes leaves almost none empty (1000 e^-26 ~ 0).
   config.num_samples = 26_000
-  # experiments.evaluate's settings (its EVAL_DEFAULTS for the fields not set here).
-  config.eval = ml_collections.ConfigDict(
-      {"classifier_dir": classifier.DEFAULT_CACHE_DIR, "num_samples": 10_000})
+  config.eval.num_samples = 10_000
   return config
