@@ -49,10 +49,12 @@ def _train_state(module, variables, tx) -> TrainState:
 def create_state(config, key: jax.Array) -> GANState:
   """Initialises both nets and their Adam optimisers from `config`.
 
-  Reads config.model, config.image_shape, config.z_dim, config.optim_g and
-  config.optim_d. `key` is a raw uint32 PRNG key (jax.random.PRNGKey(seed)).
+  Reads config.model, config.image_shape, config.z_dim, config.optim_g,
+  config.optim_d and config.compute_dtype (absent: "float32"). `key` is a
+  raw uint32 PRNG key (jax.random.PRNGKey(seed)).
   """
-  generator, discriminator = models.build_models(config.model, config.image_shape)
+  generator, discriminator = models.build_models(
+      config.model, config.image_shape, config.get("compute_dtype", "float32"))
   g_key, d_key, train_key = jax.random.split(key, 3)
   # Two samples: BatchNorm needs more than one to have a batch statistic.
   g_vars = generator.init(g_key, jnp.zeros((2, config.z_dim)), train=False)

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import time
+from typing import Iterator
 
 import jax
 import ml_collections
@@ -36,8 +37,14 @@ class TrainingDiverged(RuntimeError):
   """A loss became NaN or infinite; nothing after the last good checkpoint was saved."""
 
 
+def _steps_per_call(config) -> int:
+  return config.get("steps_per_call", 1)  # absent from configs older than the field
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first config value that cannot work."""
+  steps_per_call = _steps_per_call(config)
+  compute_dtype = config.get("compute_dtype", "float32")  # absent from older configs
   checks = [
       (config.margin >= 0, f"margin must be >= 0, got {config.margin}"),
       (config.lambda_pt >= 0, f"lambda_pt must be >= 0, got {config.lambda_pt}"),
@@ -51,6 +58,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                                   f"got {config.train_seconds}"),
       (config.num_samples > 0, f"num_samples must be > 0, got {config.num_samples}"),
       (config.keep >= 1, f"keep must be >= 1, got {config.keep}"),
+      (steps_per_call >= 1, f"steps_per_call must be >= 1, got {steps_per_call}"),
+      (compute_dtype in models.COMPUTE_DTYPES,
+       f"compute_dtype must be one of {models.COMPUTE_DTYPES}, got {compute_dtype!r}"),
       (len(config.image_shape) == 3, f"image_shape must be (H, W, C), got {config.image_shape}"),
   ]
   for field in ("log_every", "sample_every", "checkpoint_every"):
@@ -124,15 +134,21 @@ class _MetricsLog:
     self._writer = writer
     self._pending: list[tuple[int, dict]] = []
 
-  def append(self, step: int, metrics) -> None:
-    self._pending.append((step, metrics))
+  def append(self, last_step: int, metrics) -> None:
+    """Adds the metrics of one call: scalars, or stacked (K,) for K steps ending at last_step."""
+    self._pending.append((last_step, metrics))
 
   def flush(self, last_good_step: int | None) -> None:
     """Writes the interval's means; raises TrainingDiverged on a non-finite value."""
     if not self._pending:
       return
-    steps, values = zip(*self._pending)
-    values = jax.device_get(values)
+    steps, values = [], []
+    for last_step, metrics in jax.device_get(self._pending):
+      metrics = {name: np.atleast_1d(value) for name, value in metrics.items()}
+      num_steps = len(next(iter(metrics.values())))
+      for i in range(num_steps):
+        steps.append(last_step - num_steps + 1 + i)
+        values.append({name: value[i] for name, value in metrics.items()})
     self._pending = []
     for step, metrics in zip(steps, values):
       for name, value in metrics.items():
@@ -151,6 +167,33 @@ def _make_evaluator(config):
     return evaluate.make_evaluator(config)
   except evaluate.EvaluationError as e:
     raise ConfigError(f"eval_every={config.eval_every} needs the built-in metrics: {e}") from None
+
+
+def _call_sizes(step: int, config) -> Iterator[int]:
+  """Steps per call from `step` to config.num_steps: steps_per_call K, or 1.
+
+  A call of K covers a block [jK, jK + K) with no log, sample, checkpoint or
+  evaluation boundary inside, so every boundary is reached exactly, and a run that
+  stops at a multiple of K continues with the same calls when resumed.
+  """
+  k = _steps_per_call(config)
+  intervals = [config.log_every, config.sample_every, config.checkpoint_every]
+  if config.get("eval_every"):
+    intervals.append(config.eval_every)
+  while step < config.num_steps:
+    boundary = min(config.num_steps, *((step // i + 1) * i for i in intervals))
+    size = k if step % k == 0 and step + k <= boundary else 1
+    yield size
+    step += size
+
+
+def _device_batches(batches: Iterator[np.ndarray], call_sizes: Iterator[int], mesh):
+  """(size, the global batch of a single step or the `size` stacked batches of a multi-step)."""
+  for size in call_sizes:
+    if size == 1:
+      yield size, train.global_batch(next(batches), mesh)
+    else:
+      yield size, train.global_batches(np.stack([next(batches) for _ in range(size)]), mesh)
 
 
 def _write_sample_grid(writer, state, key, workdir) -> None:
@@ -183,6 +226,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   if start_step == 0:
     writer.write_hparams({k: str(v) for k, v in config.items()})
   train_step = train.make_train_step(config, mesh)
+  # Compiled on first use only: with K = 1, or boundaries at multiples of K, one
+  # of the two never runs.
+  multi_step = train.make_multi_step(config, mesh)
   grid_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x5A3)  # fixed z for grids
   progress = periodic_actions.ReportProgress(num_train_steps=config.num_steps, writer=writer,
                                              every_secs=30.0)
@@ -192,10 +238,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   last_saved = manager.latest_step()
 
   step = start_step
+  calls = train.prefetch(_device_batches(batches, _call_sizes(start_step, config), mesh))
   try:
-    while step < config.num_steps:
-      state, metrics = train_step(state, train.global_batch(next(batches), mesh))
-      step += 1
+    for size, device_batch in calls:
+      step_fn = train_step if size == 1 else multi_step
+      state, metrics = step_fn(state, device_batch)
+      step += size
       metrics_log.append(step, metrics)
       progress(step)
       out_of_time = time.monotonic() >= deadline

@@ -1,4 +1,6 @@
-"""The train step: which gradients flow where, determinism, compile-once, sampling."""
+"""The train step: which gradients flow where, determinism, compile-once, in place, sampling."""
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -157,6 +159,23 @@ def test_steps_are_deterministic_and_compile_once():
   assert all(bool(metrics_a[k] == metrics_b[k]) for k in metrics_a)
   state_c = _state("conv28", seed=8)
   assert _max_abs_diff(state_a.generator.params, state_c.generator.params) > 0.0
+
+
+@pytest.mark.parametrize("make_step, batch", [
+    (train.make_train_step, _batch()),
+    (train.make_multi_step, jnp.stack([_batch(seed=1), _batch(seed=2)])),
+])
+def test_state_is_donated_and_updated_in_place(make_step, batch):
+  mesh = train.make_mesh()
+  state = train.replicate(_state("conv28"), mesh)
+  step = make_step(_config("conv28"), mesh)
+  # XLA copies a donated buffer that it cannot prove dead before its update;
+  # such copies of the state (Adam's biggest tensors) cost conv28 a quarter
+  # of its speed on CPU. The state is updated in place: no copy reads it.
+  assert not re.search(r"copy\(%state", step.lower(state, batch).compile().as_text())
+  leaves = jax.tree.leaves(state)
+  step(state, batch)
+  assert all(leaf.is_deleted() for leaf in leaves)
 
 
 def test_generate_in_eval_mode():
