@@ -3,7 +3,7 @@ r"""Sample quality against the test split: IS, FD, KID, PRDC, class counts, stac
   python -m experiments.evaluate --config=experiments/configs/fashion_conv.py \
       --config.idx_dir=/usr/share/datasets/fashion-mnist --samples=/tmp/ebgan/samples.npz
   python -m experiments.evaluate --config=... --workdir=/tmp/ebgan   # samples the latest checkpoint
-  python -m experiments.evaluate --config=... --reference            # train-vs-test floor and noise
+  python -m experiments.evaluate --config=... --reference            # floor, blur and noise
 
 Each evaluation prints one JSON line on stdout and, with --workdir, appends it
 to WORKDIR/eval.jsonl. The scores come from the classifier that
@@ -12,7 +12,8 @@ digit classifier, on each channel); every line names it by path and SHA-256.
 "fid" and "kid" are the Frechet and kernel distances in that classifier's
 feature space: comparable between runs scored by one classifier, not with
 Inception-network numbers. --reference gives their scale: the training
-images (the real-vs-real floor) and uniform noise, each as many as
+images (the real-vs-real floor), test images blurred by a Gaussian of
+sigma = 1 pixel (a familiar degradation) and uniform noise, each as many as
 config.num_samples.
 
 Settings come from config.eval (fields: EVAL_DEFAULTS), defaults for those
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 import json
-import logging as std_logging
 import math
 import os
 import sys
@@ -33,8 +33,10 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
+from scipy import ndimage
 
 from ebgan_jax import checkpoint, classifier as classifier_lib, data, metrics, train, viz
+from experiments import logs
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "mnist_conv.py")
 
@@ -49,6 +51,8 @@ EVAL_DEFAULTS = {
     "kid_subset_size": 1000,
     "nearest_k": 5,       # Naeem et al. (2020)
 }
+# Pixels of the Gaussian blur of the "blurred_test" reference.
+BLUR_SIGMA = 1.0
 # Images generated per call of train.generate: one compiled shape for any count.
 _GENERATE_BATCH = 500
 
@@ -214,18 +218,39 @@ def make_evaluator(config: ml_collections.ConfigDict) -> Callable[..., dict[str,
   return evaluate
 
 
+def gaussian_blur(images: np.ndarray, sigma: float) -> np.ndarray:
+  """uint8 images (N, H, W, C) blurred over H and W by a Gaussian of `sigma` pixels.
+
+  scipy.ndimage.gaussian_filter (kernel truncated at 4 sigma, edges
+  reflected), rounded back to uint8.
+  """
+  blurred = ndimage.gaussian_filter(np.asarray(images, np.float64), (0, sigma, sigma, 0),
+                                    mode="mirror", truncate=4.0)
+  return np.clip(np.rint(blurred), 0, 255).astype(np.uint8)
+
+
 def reference_images(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-  """config.num_samples training images and as many of uniform noise (seed: config.eval.seed)."""
+  """Image sets of known quality, config.num_samples of each (seed: config.eval.seed).
+
+  "train": training images, the real-vs-real floor; "blurred_test": test
+  images blurred by a Gaussian of BLUR_SIGMA pixel, a familiar degradation
+  (they differ from the reference set by the blur alone); "uniform_noise".
+  """
   rng = np.random.default_rng(eval_settings(config).seed)
   try:
     train_images, _ = data.load_split(config, "train")
+    test_images, _ = data.load_split(config, "test")
   except ValueError as e:
     raise EvaluationError(str(e)) from None
   n = min(config.num_samples, len(train_images))
-  return {
-      "train": train_images[rng.choice(len(train_images), n, replace=False)],
-      "uniform_noise": rng.integers(0, 256, size=(n, *train_images.shape[1:]), dtype=np.uint8),
-  }
+  # Drawn in this order, so that "train" and "uniform_noise" are the sets that
+  # evaluations before "blurred_test" existed used.
+  train = train_images[rng.choice(len(train_images), n, replace=False)]
+  noise = rng.integers(0, 256, size=(n, *train_images.shape[1:]), dtype=np.uint8)
+  blurred = gaussian_blur(
+      test_images[rng.choice(len(test_images), min(n, len(test_images)), replace=False)],
+      BLUR_SIGMA)
+  return {"train": train, "blurred_test": blurred, "uniform_noise": noise}
 
 
 def load_samples(path: str) -> np.ndarray:
@@ -312,15 +337,14 @@ def define_flags() -> None:
       "Training workdir: eval.jsonl goes here; without --samples or --reference, "
       "config.num_samples images are first sampled from its latest checkpoint.")
   flags.DEFINE_bool(
-      "reference", False, "Score training images and uniform noise instead of samples.")
+      "reference", False,
+      "Score training images, blurred test images and uniform noise instead of samples.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  # This job's INFO lines only: orbax alone logs some twenty per checkpoint.
-  logging.get_absl_handler().addFilter(
-      lambda record: record.levelno >= std_logging.WARNING or "/experiments/" in record.pathname)
+  logs.keep_job_logs_only()
   args = flags.FLAGS
   try:
     lines = run(args.config, samples=args.samples, workdir=args.workdir, reference=args.reference)

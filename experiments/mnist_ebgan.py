@@ -11,16 +11,14 @@ experiments/configs/. Bad input prints one line and exits with status 2; a
 diverged run exits with status 3.
 """
 
-import logging
 import os
 import sys
 
 import jax
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from experiments import trainer
+from experiments import logs, trainer
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "mnist_conv.py")
 
@@ -38,17 +36,6 @@ EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 
 
-class _JobLogsOnly(logging.Filter):
-  """Keeps INFO lines from this job and its metric writer; libraries may only warn.
-
-  Orbax alone logs some twenty INFO lines per checkpoint.
-  """
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return (record.levelno >= logging.WARNING
-            or any(part in record.pathname for part in ("/experiments/", "/clu/")))
-
-
 def _env_int(name: str) -> int | None:
   value = os.environ.get(name)
   if not value:
@@ -61,7 +48,7 @@ def _env_int(name: str) -> int | None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  absl_logging.get_absl_handler().addFilter(_JobLogsOnly())
+  logs.keep_job_logs_only()
   if _CONFIG.value.get("distributed") or os.environ.get(DISTRIBUTED_ENV) == "1":
     # Before any other JAX call. On TPU pods and SLURM / Open MPI clusters JAX
     # finds the coordinator, process count and index by itself; elsewhere they

@@ -15,7 +15,6 @@ Bad input prints one `error:` line and exits with status 2.
 from __future__ import annotations
 
 import json
-import logging as std_logging
 import os
 import sys
 
@@ -24,6 +23,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from ebgan_jax import classifier as classifier_lib, data
+from experiments import logs
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "classifier_mnist.py")
 
@@ -137,9 +137,7 @@ def define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  # This job's INFO lines only: orbax alone logs some twenty per checkpoint.
-  logging.get_absl_handler().addFilter(
-      lambda record: record.levelno >= std_logging.WARNING or "/experiments/" in record.pathname)
+  logs.keep_job_logs_only()
   try:
     summary = train_and_save(flags.FLAGS.config)
   except (ConfigError, FileNotFoundError) as e:

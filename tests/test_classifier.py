@@ -153,6 +153,21 @@ def write_pattern_idx_dir(directory: pathlib.Path, num_train: int, num_test: int
   return directory
 
 
+def save_pattern_classifier(cache: pathlib.Path, datasets=("mnist",)) -> pathlib.Path:
+  """A classifier cache whose classifiers of `datasets` recognise pattern digits without error."""
+  model = classifier.create_model(MODEL)
+  images, labels = pattern_digits(640, seed=5)
+  params = classifier.fit(model, images, labels, num_epochs=3, batch_size=32, learning_rate=3e-3,
+                          seed=0)
+  test_images, test_labels = pattern_digits(300, seed=6)
+  accuracy = classifier.accuracy(model, params, test_images, test_labels)
+  assert accuracy == 1.0  # the premise of the tests that use it
+  for dataset in datasets:
+    classifier.save(cache / dataset, params,
+                    {"model": MODEL, "image_shape": [28, 28, 1], "test_accuracy": accuracy})
+  return cache
+
+
 def test_train_classifier_from_idx_files(tmp_path):
   idx_dir = write_pattern_idx_dir(tmp_path / "idx", num_train=256, num_test=64)
   config = classifier_config(idx_dir=str(idx_dir), cache_dir=str(tmp_path / "cache"),

@@ -18,7 +18,7 @@ from ebgan_jax import classifier, data, metrics, state as state_lib
 from experiments import evaluate, trainer
 from experiments.configs import stacked_mnist_conv, tiny
 from tests import data_fixtures
-from tests.test_classifier import MODEL, pattern_digits, write_pattern_idx_dir
+from tests.test_classifier import pattern_digits, save_pattern_classifier, write_pattern_idx_dir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_TEST = 200
@@ -32,17 +32,7 @@ def idx_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
   """A classifier cache whose "mnist" classifier recognises pattern digits without error."""
-  model = classifier.create_model(MODEL)
-  images, labels = pattern_digits(640, seed=5)
-  params = classifier.fit(model, images, labels, num_epochs=3, batch_size=32, learning_rate=3e-3,
-                          seed=0)
-  cache = tmp_path_factory.mktemp("classifiers")
-  test_images, test_labels = pattern_digits(300, seed=6)
-  accuracy = classifier.accuracy(model, params, test_images, test_labels)
-  assert accuracy == 1.0  # the premise of every test below
-  classifier.save(cache / "mnist", params,
-                  {"model": MODEL, "image_shape": [28, 28, 1], "test_accuracy": accuracy})
-  return cache
+  return save_pattern_classifier(tmp_path_factory.mktemp("classifiers"))
 
 
 def plain_config(idx_dir, cache_dir, **eval_fields):
@@ -82,12 +72,37 @@ def test_references_put_training_images_near_the_floor_and_noise_far_away(idx_di
   evaluator = evaluate.Evaluator(config)
   references = evaluate.reference_images(config)
   assert {name: images.shape for name, images in references.items()} == {
-      "train": (config.num_samples, 28, 28, 1), "uniform_noise": (config.num_samples, 28, 28, 1)}
-  train, noise = evaluator(references["train"]), evaluator(references["uniform_noise"])
+      name: (config.num_samples, 28, 28, 1) for name in ("train", "blurred_test", "uniform_noise")}
+  train, blurred, noise = (evaluator(references[name])
+                           for name in ("train", "blurred_test", "uniform_noise"))
   assert train["precision"] > 0.9 and train["coverage"] > 0.5
   assert noise["precision"] < 0.1 and noise["coverage"] < 0.1
   assert noise["fid"] > 10 * train["fid"]
   assert noise["kid"] > 10 * abs(train["kid"])
+  # The blur degrades the test images: worse than real images, far better than noise.
+  assert train["fid"] < blurred["fid"] < noise["fid"] / 10
+
+
+def test_gaussian_blur_spreads_a_point_as_a_unit_gaussian():
+  image = np.zeros((1, 21, 21, 1), np.uint8)
+  image[0, 10, 10, 0] = 255
+  blurred = evaluate.gaussian_blur(image, sigma=1.0)[0, ..., 0].astype(np.float64)
+  offsets = np.arange(21) - 10
+  row_profile = blurred.sum(axis=0) / blurred.sum()
+  assert blurred.argmax() == image.argmax() and blurred.max() < 255 / (2 * np.pi) + 1
+  assert np.sum(row_profile * offsets) == pytest.approx(0.0, abs=1e-9)  # symmetric
+  assert np.sum(row_profile * offsets**2) == pytest.approx(1.0, abs=0.1)  # variance sigma^2
+  assert blurred.sum() == pytest.approx(255, rel=0.05)  # mass kept, up to rounding
+
+
+def test_gaussian_blur_keeps_flat_images_and_shapes():
+  flat = np.full((2, 6, 5, 3), 77, np.uint8)
+  np.testing.assert_array_equal(evaluate.gaussian_blur(flat, sigma=1.0), flat)
+  stripes = np.zeros((1, 8, 8, 1), np.uint8)
+  stripes[:, :, ::2] = 255
+  blurred = evaluate.gaussian_blur(stripes, sigma=1.0)
+  assert blurred.dtype == np.uint8 and blurred.shape == stripes.shape
+  assert np.ptp(blurred) < 0.5 * np.ptp(stripes)  # fine detail is what a blur removes
 
 
 def test_a_collapsed_generator_loses_classes_and_coverage(idx_dir, cache_dir):
@@ -268,8 +283,9 @@ def test_cli_reference_on_stacked_mnist(idx_dir, cache_dir):
                     f"--config.stacked_split_sizes.test={NUM_TEST}", "--config.num_samples=300",
                     "--reference")
   assert result.returncode == 0, result.stderr
-  train, noise = [json.loads(text) for text in result.stdout.splitlines()]
-  assert train["evaluated"] == "reference:train" and noise["evaluated"] == "reference:uniform_noise"
+  train, blurred, noise = [json.loads(text) for text in result.stdout.splitlines()]
+  assert [line["evaluated"] for line in (train, blurred, noise)] == [
+      "reference:train", "reference:blurred_test", "reference:uniform_noise"]
   assert train["real"] == f"stacked:idx:{idx_dir} test split ({NUM_TEST} images)"
   # 300 draws of 1000 equally likely modes cover about 1000 (1 - e^-0.3) = 259 of them.
   assert 220 < train["modes_covered"] < 300
