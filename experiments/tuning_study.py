@@ -1,0 +1,218 @@
+r"""The tuning study of docs/tuning.md: margin, lambda_pt, lr_G / lr_D and the energy.
+
+  python -m experiments.tuning_study --idx_dir=/usr/share/datasets/fashion-mnist \
+      --steps=10000 --out=/tmp/study
+  python -m experiments.tuning_study ... --studies=margin_pt --seeds=2
+
+Each study is one vmapped population (ebgan_jax/population.py): its settings
+times its seeds are the members, trained together for --steps steps of the
+conv28 nets on Fashion-MNIST (experiments/configs/fashion_conv.py), on
+shuffled epochs of the training set (one order per seed). The budget is a step
+count, not seconds, so that every setting gets the same work on any device:
+docs/tuning.md takes it from what a `train_seconds=600` run of
+experiments.mnist_ebgan completes on the 2-core CPU. The studies:
+
+  margin_pt  "mean" energy, margin x lambda_pt, lr_G = lr_D
+  lr_ratio   "mean" energy, margin x lr_G / lr_D in {2, 5} (lr_D fixed), lambda_pt 0.1
+  norm       the paper's "norm" energy ||r|| (Eq. 13) and its scale of margins
+  stacked    stacked Fashion-MNIST (1000 modes), lambda_pt x seeds at margin 0.3
+
+Each member is then scored by experiments.evaluate (the cached Fashion-MNIST
+classifier) on --eval_samples samples; so are the training images and the
+blurred test images (evaluate.reference_images) as references. Outputs in
+--out: results.jsonl (one row per member and reference) and samples.npz (64
+samples per member from a fixed z, key "STUDY/MEMBER");
+experiments/tuning_report.py turns them into tables and figures.
+"""
+
+import functools
+import itertools
+import json
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ebgan_jax import data, population as population_lib
+from experiments import evaluate, logs
+from experiments.configs import fashion_conv, stacked_mnist_conv
+
+MARGINS = (0.1, 0.2, 0.3, 0.5, 1.0)
+# ||r|| = 28 sqrt(mean r^2) for 28x28 images: 5 to 28 spans the "mean" grid's
+# 0.03 to 1 (28 ~ a flat grey image against tanh-bounded reconstructions);
+# 10 is the paper's MNIST margin.
+NORM_MARGINS = (5.0, 10.0, 15.0, 20.0, 28.0)
+GRID_SAMPLES = 64
+
+
+def studies(base_lr: float) -> dict[str, tuple[dict, list[dict], int]]:
+  """name -> (config overrides, settings without seed, default seeds)."""
+  def setting(margin, lambda_pt=0.1, ratio=1.0):
+    return {"margin": margin, "lambda_pt": lambda_pt, "lr_g": ratio * base_lr, "lr_d": base_lr}
+  return {
+      "margin_pt": ({}, [setting(m, pt) for m, pt in itertools.product(MARGINS, (0.0, 0.1, 1.0))],
+                    3),
+      "lr_ratio": ({}, [setting(m, ratio=r) for m, r in itertools.product(MARGINS, (2.0, 5.0))],
+                   2),
+      "norm": ({"energy_reduction": "norm"}, [setting(m) for m in NORM_MARGINS], 2),
+      "stacked": ({"stacked": True}, [setting(0.3, pt) for pt in (0.0, 0.1, 1.0)], 3),
+  }
+
+
+def define_flags() -> None:
+  """The program's flags; only when it runs as one (the tests import this module)."""
+  flags.DEFINE_string("idx_dir", "/usr/share/datasets/fashion-mnist",
+                      "Directory of the four Fashion-MNIST IDX files.")
+  flags.DEFINE_string("out", None, "Output directory.", required=True)
+  flags.DEFINE_integer("steps", 10_000, "Training steps of every member.")
+  flags.DEFINE_list("studies", ["margin_pt", "lr_ratio", "norm", "stacked"],
+                    "Studies to run, in order.")
+  flags.DEFINE_integer("seeds", 0, "Seeds per setting; 0: each study's own (2 or 3).")
+  flags.DEFINE_integer("eval_samples", 10_000, "Samples scored per member.")
+  flags.DEFINE_integer("steps_per_call", 50, "Steps per jitted call.")
+  flags.DEFINE_string("classifier_dir", None,
+                      "Cache of experiments.train_classifier; default: the configs'.")
+
+
+def make_config(overrides: dict, idx_dir: str, classifier_dir: str | None,
+                eval_samples: int) -> ml_collections.ConfigDict:
+  if overrides.get("stacked"):
+    config = stacked_mnist_conv.get_config()
+    config.dataset = "fashion_mnist"  # the digits of the stack, and the classifier
+  else:
+    config = fashion_conv.get_config()
+  config.idx_dir = idx_dir
+  if classifier_dir:
+    config.eval.classifier_dir = classifier_dir
+  config.energy_reduction = overrides.get("energy_reduction", config.energy_reduction)
+  config.num_samples = eval_samples  # of each reference, as of each member
+  config.eval.kid_subsets = 10  # KID's spread over 100 subsets cost 2 s more per member
+  return config
+
+
+def epoch_indices(seed: int, num_examples: int, batch_size: int, steps: int) -> np.ndarray:
+  """(steps, batch_size) example indices: shuffled epochs, the last partial batch dropped."""
+  per_epoch = num_examples // batch_size
+  epochs = [np.random.default_rng([seed, epoch]).permutation(num_examples)[:per_epoch * batch_size]
+            for epoch in range(-(-steps // per_epoch))]
+  return np.concatenate(epochs).reshape(-1, batch_size)[:steps]
+
+
+@functools.partial(jax.jit, static_argnames="reduction", donate_argnums=0)
+def _train_chunk(population, images, indices, *, reduction):
+  """len(indices) steps; indices (K, P, B) into the uint8 training images on the device."""
+  batches = images[indices].astype(jnp.float32) / 127.5 - 1.0  # as data.py's pipeline
+  population, metrics = population_lib.multi_step(population, batches, reduction=reduction)
+  return population, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+
+
+def train_population(config, members: list[dict], images: np.ndarray, steps: int,
+                     steps_per_call: int):
+  """Trains the members together; returns the population and its (chunks, P) metrics."""
+  population = population_lib.create_population(
+      config, **{name: [m[name] for m in members] for name in population_lib.SETTINGS})
+  indices = np.stack([epoch_indices(m["seed"], len(images), config.batch_size, steps)
+                      for m in members], axis=1)  # (steps, P, B)
+  images = jax.device_put(images)
+  history = []
+  for start in range(0, steps, steps_per_call):
+    population, metrics = _train_chunk(
+        population, images, indices[start:start + steps_per_call],
+        reduction=config.energy_reduction)
+    history.append(metrics)
+  history = jax.device_get(history)
+  return population, {name: np.stack([h[name] for h in history]) for name in history[0]}
+
+
+def score_row(evaluator: evaluate.Evaluator, images: np.ndarray) -> dict:
+  """The built-in metrics, plus the share of the rarest class (plain data only)."""
+  results = evaluator(images)
+  if "class_histogram" in results:
+    histogram = np.asarray(results["class_histogram"])
+    results["min_class_fraction"] = float(histogram.min() / histogram.sum())
+  return results
+
+
+def run_study(name: str, config, evaluator: evaluate.Evaluator, references: dict[str, np.ndarray],
+              settings: list[dict], seeds: int, args, grids: dict) -> list[dict]:
+  """Trains the study's population, then scores every member; returns the result rows."""
+  members = [{"seed": seed, **s} for s, seed in itertools.product(settings, range(seeds))]
+  images, _ = data.load_split(config, "train")
+  start = time.perf_counter()
+  population, history = train_population(config, members, images, args.steps,
+                                         args.steps_per_call)
+  jax.block_until_ready(population)
+  train_s = time.perf_counter() - start
+  logging.info("%s: %d members x %d steps in %.0f s", name, len(members), args.steps, train_s)
+
+  sample_key = jax.random.PRNGKey(evaluator.settings.seed)
+  grid_key = jax.random.PRNGKey(1)
+  rows = []
+  # Training metrics at the end: the mean of the last tenth of the chunks.
+  tail = max(1, len(next(iter(history.values()))) // 10)
+  for i, member in enumerate(members):
+    state = population.member(i)
+    grids[f"{name}/{i}"] = evaluate.generate_images(state, grid_key, GRID_SAMPLES)
+    rows.append({
+        "study": name, "member": i, "energy": config.energy_reduction, **member,
+        "lr_ratio": member["lr_g"] / member["lr_d"], "steps": int(state.step),
+        "population_size": len(members), "train_s": round(train_s, 1),
+        **{f"train_{k}": float(np.mean(v[-tail:, i])) for k, v in history.items()},
+        **score_row(evaluator, evaluate.generate_images(state, sample_key, args.eval_samples)),
+    })
+  for label, reference in references.items():
+    rows.append({"study": name, "member": f"reference:{label}",
+                 **score_row(evaluator, reference)})
+  return rows
+
+
+def write_rows(rows: list[dict], out: str) -> None:
+  with open(os.path.join(out, "results.jsonl"), "w") as f:
+    f.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logs.keep_job_logs_only()
+  args = flags.FLAGS
+  base_lr = fashion_conv.get_config().optim_d.learning_rate
+  known = studies(base_lr)
+  unknown = sorted(set(args.studies) - set(known))
+  if (unknown or args.steps < 1 or args.steps_per_call < 1 or args.eval_samples < 10
+      or args.seeds < 0):
+    print(f"error: give --studies from {sorted(known)} (unknown: {unknown}), --steps >= 1, "
+          "--steps_per_call >= 1, --eval_samples >= 10 and --seeds >= 0", file=sys.stderr)
+    sys.exit(2)
+  plan, evaluators, references = [], {}, {}
+  try:
+    # Every classifier and data split before any training: a missing one fails at once.
+    for name in args.studies:
+      overrides, settings, seeds = known[name]
+      config = make_config(overrides, args.idx_dir, args.classifier_dir, args.eval_samples)
+      stacked = data.is_stacked(config)
+      if stacked not in evaluators:
+        evaluators[stacked] = evaluate.Evaluator(config)
+        references[stacked] = evaluate.reference_images(config)
+      plan.append((name, config, evaluators[stacked], references[stacked], settings,
+                   args.seeds or seeds))
+    os.makedirs(args.out, exist_ok=True)
+  except (evaluate.EvaluationError, ValueError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  rows, grids = [], {}
+  for name, config, evaluator, reference, settings, seeds in plan:
+    rows += run_study(name, config, evaluator, reference, settings, seeds, args, grids)
+    # Written after every study: a run cut short keeps what it finished.
+    write_rows(rows, args.out)
+    np.savez_compressed(os.path.join(args.out, "samples.npz"), **grids)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
