@@ -239,10 +239,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
 
   step = start_step
   calls = train.prefetch(_device_batches(batches, _call_sizes(start_step, config), mesh))
+  in_flight = None
   try:
     for size, device_batch in calls:
       step_fn = train_step if size == 1 else multi_step
       state, metrics = step_fn(state, device_batch)
+      # Wait for the call before this one: the device always has the next call
+      # queued, but the host never runs further ahead (up to log_every steps
+      # otherwise), so train_seconds and steps/s count finished steps.
+      jax.block_until_ready(in_flight)
+      in_flight = metrics
       step += size
       metrics_log.append(step, metrics)
       progress(step)

@@ -251,6 +251,32 @@ def test_bad_steps_per_call_and_compute_dtype_are_rejected(idx_dir, tmp_path):
     trainer.train_and_evaluate(_tiny(idx_dir, compute_dtype="float16"), str(tmp_path))
 
 
+def test_the_trainer_runs_at_most_one_call_ahead_of_the_device(idx_dir, tmp_path, monkeypatch):
+  # Dispatch is asynchronous: without a bound the host would queue steps up to
+  # the next metrics fetch, and train_seconds would stop the host, not the work.
+  real_make_train_step = train.make_train_step
+  outputs, behind = [], []
+
+  def recording_make_train_step(config, mesh):
+    step = real_make_train_step(config, mesh)
+
+    def recording(state, batch):
+      # Every call but the last one dispatched has finished.
+      behind.append(sum(not m["d_loss"].is_ready() for m in outputs[:-1]))
+      state, metrics = step(state, batch)
+      outputs.append(metrics)
+      return state, metrics
+    return recording
+
+  monkeypatch.setattr(train, "make_train_step", recording_make_train_step)
+  # conv28: a step far slower than its dispatch; no log or checkpoint in between.
+  config = _tiny(idx_dir, steps_per_call=1, num_steps=30, log_every=30, sample_every=30,
+                 checkpoint_every=30)
+  config.model = mnist_conv.get_config().model
+  trainer.train_and_evaluate(config, str(tmp_path))
+  assert len(behind) == 30 and max(behind) == 0
+
+
 def test_prefetch_runs_ahead_and_keeps_order():
   pulled = []
 
