@@ -396,10 +396,14 @@ def _batches(
       )
   )
   batches = stream.skip(offset).batch(batch_size, drop_remainder=True)
-  batches = batches.map(_normalize, num_parallel_calls=tf.data.AUTOTUNE)
-  batches = batches.prefetch(tf.data.AUTOTUNE)
+  # Fixed sizes, no autotuning: one thread already delivers hundreds of times
+  # what a step consumes, and the autotuner's thread sleeps up to a minute
+  # between rounds, which the iterator's destructor waited out at the end of
+  # every training run.
+  batches = batches.map(_normalize).prefetch(2)
   options = tf.data.Options()
   options.deterministic = True
+  options.autotune.enabled = False
   return batches.with_options(options)
 
 
