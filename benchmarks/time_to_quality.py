@@ -1,7 +1,7 @@
 """Sample quality after fixed wall-clock budgets of training conv28 on Fashion-MNIST.
 
   python benchmarks/time_to_quality.py                         # budgets of 60, 300, 600 s
-  python benchmarks/time_to_quality.py --budgets=20 --steps_per_call=16
+  python benchmarks/time_to_quality.py --budgets=20 --steps_per_call=1
 
 One training run (experiments.trainer, experiments/configs/fashion_conv.py)
 is stopped at each budget, counted from its start (compilation included),
@@ -35,7 +35,8 @@ _IDX_DIR = flags.DEFINE_string("idx_dir", "/usr/share/datasets/fashion-mnist",
 _BUDGETS = flags.DEFINE_list("budgets", ["60", "300", "600"],
                              "Wall-clock training budgets in seconds, ascending.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training directory; default: a new temp dir.")
-_STEPS_PER_CALL = flags.DEFINE_integer("steps_per_call", 1, "config.steps_per_call.")
+_STEPS_PER_CALL = flags.DEFINE_integer("steps_per_call", None,
+                                       "config.steps_per_call; default: the config's.")
 _EVAL_SAMPLES = flags.DEFINE_integer(
     "eval_samples", None, "Samples scored per budget; default: config.eval.num_samples.")
 # Held-out images the losses and energies are measured on.
@@ -45,7 +46,8 @@ _HELD_OUT = 1000
 def make_config(train_seconds: float):
   config = fashion_conv.get_config()
   config.idx_dir = _IDX_DIR.value
-  config.steps_per_call = _STEPS_PER_CALL.value
+  if _STEPS_PER_CALL.value is not None:
+    config.steps_per_call = _STEPS_PER_CALL.value
   config.train_seconds = train_seconds
   config.num_steps = 10**9  # the budget stops training, never the step count
   # Only the stops write checkpoints (one per budget) and sample grids.
