@@ -9,6 +9,7 @@ checkpoint in `workdir/checkpoints`; `sample(config, workdir)` writes
 import json
 import math
 import os
+import tempfile
 import time
 from typing import Iterator
 
@@ -86,10 +87,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 def _prepare_workdir(workdir: str) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_probe")
-    with open(probe, "w"):
+    # A name of its own: every process of a multi-host run probes the same workdir.
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_probe"):
       pass
-    os.remove(probe)
   except OSError as e:
     raise ConfigError(f"workdir {workdir!r} is not writable ({e.strerror}); "
                       f"pass a --workdir you can write to") from None
