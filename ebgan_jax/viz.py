@@ -18,7 +18,10 @@ def to_uint8(images) -> np.ndarray:
 
 
 def image_grid(images, columns: int | None = None, padding: int = 2) -> np.ndarray:
-  """Tiles (N, H, W, C) images (floats in [-1, 1] or uint8) into one (rows*(H+p)+p, cols*(W+p)+p, C) uint8 image."""
+  """Tiles (N, H, W, C) images (floats in [-1, 1] or uint8) into one uint8 image.
+
+  The grid has shape (rows * (H + p) + p, columns * (W + p) + p, C), p = padding.
+  """
   images = to_uint8(images)
   n, h, w, c = images.shape
   columns = columns or math.ceil(math.sqrt(n))

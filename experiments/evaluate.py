@@ -82,8 +82,8 @@ def score(classifier: classifier_lib.Classifier, images) -> tuple[np.ndarray, np
   """
   images = np.asarray(images)
   height, width, channels = classifier.image_shape
-  if images.ndim != 4 or images.shape[1:3] != (height, width) or (
-      images.shape[3] != channels and channels != 1):
+  if (images.ndim != 4 or images.shape[1:3] != (height, width)
+          or (images.shape[3] != channels and channels != 1)):
     raise EvaluationError(
         f"images of shape {images.shape} do not fit the classifier in {classifier.directory}, "
         f"trained on {classifier.image_shape} images")

@@ -119,8 +119,8 @@ def plot_margins(rows: list[dict], path: str) -> None:
       stats = np.array([mean_std(members, key) for _, members in points])
       ax.errorbar(margins, stats[:, 0], yerr=stats[:, 1], marker="o", capsize=3,
                   label=f"λ_PT {lambda_pt}, lr_G/lr_D {ratio:g}")
-  for ax, key, title in zip(axes, ("fid", "coverage"), ("FID (lower is better)",
-                                                         "coverage (higher is better)")):
+  titles = ("FID (lower is better)", "coverage (higher is better)")
+  for ax, key, title in zip(axes, ("fid", "coverage"), titles):
     for name, style in (("blurred_test", "--"), ("train", ":")):
       value = _reference(rows, "margin_pt", name, key)
       if value is not None:

@@ -185,7 +185,7 @@ def main(argv):
   known = studies(base_lr)
   unknown = sorted(set(args.studies) - set(known))
   if (unknown or args.steps < 1 or args.steps_per_call < 1 or args.eval_samples < 10
-      or args.seeds < 0):
+          or args.seeds < 0):
     print(f"error: give --studies from {sorted(known)} (unknown: {unknown}), --steps >= 1, "
           "--steps_per_call >= 1, --eval_samples >= 10 and --seeds >= 0", file=sys.stderr)
     sys.exit(2)

@@ -296,7 +296,8 @@ def test_cli_reference_on_stacked_mnist(idx_dir, cache_dir):
 
 
 def _scalar_tags(workdir) -> set[str]:
-  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from tensorboard.backend.event_processing import event_accumulator
 
   [events] = pathlib.Path(workdir).glob("events.out.tfevents.*")
   accumulator = event_accumulator.EventAccumulator(str(events))

@@ -105,7 +105,8 @@ def test_nan_guard_keeps_the_last_good_checkpoint(idx_dir, tmp_path, monkeypatch
     trainer.train_and_evaluate(_tiny(idx_dir, num_steps=40), str(tmp_path))
   manager = checkpoint.create_manager(str(tmp_path / "checkpoints"), keep=2)
   assert manager.latest_step() == 10
-  restored = checkpoint.restore(manager, state_lib.create_state(_tiny(idx_dir), jax.random.PRNGKey(0)))
+  template = state_lib.create_state(_tiny(idx_dir), jax.random.PRNGKey(0))
+  restored = checkpoint.restore(manager, template)
   assert int(restored.step) == 10
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(restored))
 

@@ -89,7 +89,8 @@ def test_build_models_accepts_config_dict():
 
 
 @pytest.mark.parametrize("model_config, image_shape, message", [
-    ({"family": "resnet"}, (28, 28, 1), "unknown model family 'resnet'; known families: conv28, mlp"),
+    ({"family": "resnet"}, (28, 28, 1),
+     "unknown model family 'resnet'; known families: conv28, mlp"),
     ({}, (28, 28, 1), "unknown model family None"),
     ({"family": "conv28", "width": 3}, (28, 28, 1), "bad fields for model family 'conv28'"),
     ({"family": "conv28"}, (32, 32, 3), "needs 28x28 images"),

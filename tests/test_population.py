@@ -34,8 +34,8 @@ def _batches(num_steps, num_members, seed=0):
 def _member_config(config, i):
   """Member i's settings as a single run's config."""
   config = config.copy_and_resolve_references()
-  config.seed, config.margin, config.lambda_pt = (SETTINGS[k][i] for k in ("seed", "margin",
-                                                                            "lambda_pt"))
+  config.seed, config.margin, config.lambda_pt = (
+      SETTINGS[k][i] for k in ("seed", "margin", "lambda_pt"))
   config.optim_g.learning_rate, config.optim_d.learning_rate = SETTINGS["lr_g"][i], \
       SETTINGS["lr_d"][i]
   return config
