@@ -215,7 +215,8 @@ def _jit(step, mesh: Mesh, batch_sharding: NamedSharding) -> Step:
     # XLA:CPU's default copy insertion copies donated buffers that are still
     # read while their update could start (Adam's biggest tensors) and
     # serialises the step around them; region analysis proves those copies
-    # unneeded (conv28, 2 cores: 4.6 -> 6.3 steps/s, README "Performance").
+    # unneeded (2 cores: conv28 12.0 -> 14.1 steps/s, mlp 26.1 -> 38.5; README
+    # "Performance").
     options = {"xla_cpu_copy_insertion_use_region_analysis": True}
   return jax.jit(step, in_shardings=(replicated(mesh), batch_sharding),
                  out_shardings=replicated(mesh), donate_argnums=0, compiler_options=options)

@@ -10,7 +10,8 @@ conv28 nets on Fashion-MNIST (experiments/configs/fashion_conv.py), on
 shuffled epochs of the training set (one order per seed). The budget is a step
 count, not seconds, so that every setting gets the same work on any device:
 docs/tuning.md takes it from what a `train_seconds=600` run of
-experiments.mnist_ebgan completes on the 2-core CPU. The studies:
+experiments.mnist_ebgan completed on the 2-core CPU at one step per call. The
+studies:
 
   margin_pt  "mean" energy, margin x lambda_pt, lr_G = lr_D
   lr_ratio   "mean" energy, margin x lr_G / lr_D in {2, 5} (lr_D fixed), lambda_pt 0.1
