@@ -8,7 +8,7 @@ is stopped at each budget, counted from its start (compilation included),
 then resumed from its checkpoint: the budgets cost max(budgets) seconds of
 training, not their sum. Each stop prints one JSON line: the steps done, the
 losses and energies on held-out data, and the built-in metrics of
-experiments.evaluate (Frechet distance, Inception Score, precision / recall /
+ebgan_jax.evaluation (Frechet distance, Inception Score, precision / recall /
 density / coverage, ... in the cached Fashion-MNIST classifier's feature
 space). Without that classifier (train it with `python -m
 experiments.train_classifier --config=experiments/configs/classifier_fashion.py`)
@@ -26,8 +26,8 @@ from absl import logging
 import jax
 import numpy as np
 
-from ebgan_jax import data, losses, train
-from experiments import evaluate, trainer
+from ebgan_jax import data, evaluation, losses, train
+from experiments import trainer
 from experiments.configs import fashion_conv
 
 _IDX_DIR = flags.DEFINE_string("idx_dir", "/usr/share/datasets/fashion-mnist",
@@ -57,16 +57,16 @@ def make_config(train_seconds: float):
 
 
 def make_evaluator(config):
-  """experiments.evaluate's scorer, or (None, why not) when the metrics cannot run here."""
+  """ebgan_jax.evaluation's scorer, or (None, why not) when the metrics cannot run here."""
   try:
-    evaluator = evaluate.Evaluator(config)
-  except evaluate.EvaluationError as e:
+    evaluator = evaluation.Evaluator(config)
+  except evaluation.EvaluationError as e:
     return None, str(e)
   num_samples = _EVAL_SAMPLES.value or evaluator.settings.num_samples
   key = jax.random.PRNGKey(evaluator.settings.seed)
 
   def scores(state):
-    results = evaluator(evaluate.generate_images(state, key, num_samples))
+    results = evaluator(evaluation.generate_images(state, key, num_samples))
     results.pop("class_histogram", None)
     return {"num_samples": num_samples, **results}
   return scores, None

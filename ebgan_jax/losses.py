@@ -18,6 +18,12 @@ REDUCTIONS = ("mean", "sum", "norm")
 PT_EPSILON = 1e-12
 
 
+def check_reduction(reduction: str) -> None:
+  """Raises ValueError unless `reduction` is one of REDUCTIONS."""
+  if reduction not in REDUCTIONS:
+    raise ValueError(f"energy_reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
 def energy(x: jax.Array, x_rec: jax.Array, reduction: str = "mean") -> jax.Array:
   """Per-sample reconstruction energy, reduced over all non-batch axes.
 
@@ -31,8 +37,7 @@ def energy(x: jax.Array, x_rec: jax.Array, reduction: str = "mean") -> jax.Array
   Returns:
     Energies of shape (N,), all >= 0.
   """
-  if reduction not in REDUCTIONS:
-    raise ValueError(f"energy reduction must be one of {REDUCTIONS}, got {reduction!r}")
+  check_reduction(reduction)
   if x.shape != x_rec.shape:
     raise ValueError(f"x and x_rec must have the same shape, got {x.shape} and {x_rec.shape}")
   r = (x_rec - x).reshape(x.shape[0], -1)

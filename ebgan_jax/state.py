@@ -54,7 +54,7 @@ def create_state(config, key: jax.Array) -> GANState:
   raw uint32 PRNG key (jax.random.PRNGKey(seed)).
   """
   generator, discriminator = models.build_models(
-      config.model, config.image_shape, config.get("compute_dtype", "float32"))
+      config.model, config.image_shape, config.compute_dtype)
   g_key, d_key, train_key = jax.random.split(key, 3)
   # Two samples: BatchNorm needs more than one to have a batch statistic.
   g_vars = generator.init(g_key, jnp.zeros((2, config.z_dim)), train=False)

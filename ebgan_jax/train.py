@@ -1,6 +1,6 @@
 """The EBGAN training step and sampling, as pure functions of a GANState.
 
-One step (DESIGN.md): one D update on (real batch, fresh z), then one G update
+One step (docs/design.md): one D update on (real batch, fresh z), then one G update
 on another fresh z. Each update advances only its own net's BatchNorm
 statistics: the other net runs in training mode (batch statistics) but its
 running averages are left as they were.
@@ -197,9 +197,7 @@ def multi_step(state: GANState, batches: jax.Array, *, margin: float, lambda_pt:
 
 def _objective(config, mesh: Mesh) -> dict:
   """The step's keyword arguments from `config`, once config and mesh are checked."""
-  if config.energy_reduction not in losses.REDUCTIONS:
-    raise ValueError(f"energy_reduction must be one of {losses.REDUCTIONS}, "
-                     f"got {config.energy_reduction!r}")
+  losses.check_reduction(config.energy_reduction)
   if config.batch_size % mesh.size:
     raise ValueError(
         f"global batch_size {config.batch_size} is not divisible by the {mesh.size} devices; "

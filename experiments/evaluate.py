@@ -6,266 +6,26 @@ r"""Sample quality against the test split: IS, FD, KID, PRDC, class counts, stac
   python -m experiments.evaluate --config=... --reference            # floor, blur and noise
 
 Each evaluation prints one JSON line on stdout and, with --workdir, appends it
-to WORKDIR/eval.jsonl. The scores come from the classifier that
-experiments.train_classifier saved for config.dataset (stacked MNIST: the
-digit classifier, on each channel); every line names it by path and SHA-256.
-"fid" and "kid" are the Frechet and kernel distances in that classifier's
-feature space: comparable between runs scored by one classifier, not with
-Inception-network numbers. --reference gives their scale: the training
-images (the real-vs-real floor), test images blurred by a Gaussian of
-sigma = 1 pixel (a familiar degradation) and uniform noise, each as many as
-config.num_samples.
-
-Settings come from config.eval (fields: EVAL_DEFAULTS), defaults for those
-missing. Bad input prints one `error:` line and exits with status 2.
+to WORKDIR/eval.jsonl. ebgan_jax/evaluation.py computes the scores (with the
+classifier that experiments.train_classifier cached for config.dataset) and
+documents them. --reference scores the training images (the real-vs-real
+floor), test images blurred by a Gaussian of sigma = 1 pixel and uniform
+noise, each as many as config.num_samples. Bad input prints one `error:` line
+and exits with status 2.
 """
 
-from __future__ import annotations
-
-from collections.abc import Callable
 import json
-import math
 import os
 import sys
 
-from absl import app, flags, logging
-import jax
+from absl import flags
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
-from scipy import ndimage
 
-from ebgan_jax import checkpoint, classifier as classifier_lib, data, metrics, train, viz
-from experiments import logs
+from ebgan_jax import checkpoint, evaluation
+from experiments import cli, trainer
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "mnist_conv.py")
-
-EXIT_BAD_INPUT = 2
-# Settings of an evaluation, overridden by the fields of config.eval.
-EVAL_DEFAULTS = {
-    "classifier_dir": classifier_lib.DEFAULT_CACHE_DIR,  # cache of experiments.train_classifier
-    "num_samples": 2000,  # images per periodic evaluation (make_evaluator)
-    "seed": 0,            # z of periodic evaluations, KID subsets, reference draws
-    "is_splits": 10,      # Salimans et al. (2016)
-    "kid_subsets": 100,   # Binkowski et al. (2018), App. D
-    "kid_subset_size": 1000,
-    "nearest_k": 5,       # Naeem et al. (2020)
-}
-# Pixels of the Gaussian blur of the "blurred_test" reference.
-BLUR_SIGMA = 1.0
-# Images generated per call of train.generate: one compiled shape for any count.
-_GENERATE_BATCH = 500
-
-
-class EvaluationError(ValueError):
-  """Bad user input: no classifier, unreadable samples, images of the wrong shape."""
-
-
-def eval_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """EVAL_DEFAULTS updated with config.eval's fields."""
-  settings = ml_collections.ConfigDict(EVAL_DEFAULTS)
-  overrides = dict(config.get("eval") or {})
-  unknown = sorted(set(overrides) - set(EVAL_DEFAULTS))
-  if unknown:
-    raise EvaluationError(f"unknown config.eval fields {unknown}; known: {sorted(EVAL_DEFAULTS)}")
-  settings.update(overrides)
-  return settings
-
-
-def score(classifier: classifier_lib.Classifier, images) -> tuple[np.ndarray, np.ndarray]:
-  """Class probabilities and features of images; a multi-channel image is scored per channel.
-
-  With a one-channel classifier and C-channel images (stacked MNIST), each
-  channel is classified alone: the features are the C channels' features side
-  by side, the probabilities those of the K^C modes
-  (metrics.stacked_mode_probabilities).
-  """
-  images = np.asarray(images)
-  height, width, channels = classifier.image_shape
-  if (images.ndim != 4 or images.shape[1:3] != (height, width)
-          or (images.shape[3] != channels and channels != 1)):
-    raise EvaluationError(
-        f"images of shape {images.shape} do not fit the classifier in {classifier.directory}, "
-        f"trained on {classifier.image_shape} images")
-  if images.shape[3] == channels:
-    return classifier_lib.predict(classifier.model, classifier.params, images)
-  n, stacked_channels = len(images), images.shape[3]
-  digits = np.moveaxis(images, 3, 1).reshape(n * stacked_channels, height, width, 1)
-  probabilities, features = classifier_lib.predict(classifier.model, classifier.params, digits)
-  return (metrics.stacked_mode_probabilities(probabilities.reshape(n, stacked_channels, -1)),
-          features.reshape(n, -1))
-
-
-def load_classifier(config: ml_collections.ConfigDict) -> classifier_lib.Classifier:
-  """The cached classifier of config.dataset; EvaluationError saying how to train it if absent."""
-  dataset = config.dataset
-  directory = classifier_lib.cache_path(eval_settings(config).classifier_dir, dataset)
-  try:
-    return classifier_lib.load(directory)
-  except FileNotFoundError:
-    config_file = "classifier_fashion.py" if dataset == "fashion_mnist" else "classifier_mnist.py"
-    raise EvaluationError(
-        f"no trained classifier for {dataset!r} in {directory}; train it with `python -m "
-        f"experiments.train_classifier --config=experiments/configs/{config_file}` (with the "
-        "same idx_dir / data_dir and cache_dir)") from None
-
-
-class Evaluator:
-  """Scores image sets against one config's test split, whose statistics it computes once."""
-
-  def __init__(self, config: ml_collections.ConfigDict):
-    self.settings = eval_settings(config)
-    self.classifier = load_classifier(config)
-    self.stacked = data.is_stacked(config)
-    self.image_shape = tuple(config.image_shape)
-    try:
-      real_images, _ = data.load_split(config, "test")
-    except ValueError as e:  # the data's or the config's fault
-      raise EvaluationError(str(e)) from None
-    _, self._real_features = score(self.classifier, real_images)
-    self._real_statistics = metrics.feature_statistics(self._real_features)
-    self._real_radii = metrics.nearest_neighbour_radii(self._real_features,
-                                                       self.settings.nearest_k)
-    self.description = {
-        "real": f"{data_source(config)} test split ({len(real_images)} images)",
-        "classifier": self.classifier.directory,
-        "classifier_sha256": self.classifier.metadata["params_sha256"],
-        "classifier_test_accuracy": self.classifier.metadata["test_accuracy"],
-    }
-
-  def __call__(self, images) -> dict[str, float | list[int]]:
-    """All metrics of images (uint8, or floats in [-1, 1]) against the test split.
-
-    Keys: inception_score(_std), fid, kid(_std), precision, recall, density,
-    coverage and, for plain data, classes_1pct (classes with >= 1% of the
-    samples), kl_to_uniform and class_histogram (argmax counts); for stacked
-    MNIST, modes_covered (of 10^C) and kl_modes_to_uniform instead.
-    """
-    settings = self.settings
-    images = np.asarray(images)
-    if images.shape[1:] != self.image_shape:
-      raise EvaluationError(
-          f"images of shape {images.shape} do not match config.image_shape {self.image_shape}")
-    if len(images) < max(settings.is_splits, settings.nearest_k + 1):
-      raise EvaluationError(
-          f"{len(images)} images are too few to score; give at least "
-          f"{max(settings.is_splits, settings.nearest_k + 1)}")
-    probabilities, features = score(self.classifier, images)
-    inception_score, inception_score_std = metrics.inception_score(probabilities,
-                                                                   settings.is_splits)
-    kid, kid_std = metrics.kernel_inception_distance(
-        self._real_features, features, num_subsets=settings.kid_subsets,
-        subset_size=settings.kid_subset_size, seed=settings.seed)
-    results = {
-        "inception_score": inception_score,
-        "inception_score_std": inception_score_std,
-        "fid": metrics.frechet_distance(*self._real_statistics,
-                                        *metrics.feature_statistics(features)),
-        "kid": kid,
-        "kid_std": kid_std,
-        **metrics.precision_recall_density_coverage(
-            self._real_features, features, settings.nearest_k, real_radii=self._real_radii),
-    }
-    histogram = metrics.class_histogram(probabilities)
-    if self.stacked:
-      results.update(metrics.mode_coverage(np.argmax(probabilities, axis=1), len(histogram)))
-    else:
-      results["classes_1pct"] = metrics.classes_above(histogram, 0.01)
-      results["kl_to_uniform"] = metrics.kl_to_uniform(histogram)
-      results["class_histogram"] = histogram.tolist()
-    return results
-
-
-def data_source(config: ml_collections.ConfigDict) -> str:
-  source = f"idx:{config.idx_dir}" if config.idx_dir else f"tfds:{config.dataset}"
-  return f"stacked:{source}" if data.is_stacked(config) else source
-
-
-def generate_images(state, key: jax.Array, n: int) -> np.ndarray:
-  """n uint8 samples of a GANState, as `--mode=sample` writes them to samples.npz."""
-  chunks = [viz.to_uint8(train.generate(state, jax.random.fold_in(key, i), _GENERATE_BATCH))
-            for i in range(math.ceil(n / _GENERATE_BATCH))]
-  return np.concatenate(chunks)[:n]
-
-
-def make_evaluator(config: ml_collections.ConfigDict) -> Callable[..., dict[str, float]]:
-  """Returns evaluate(state) -> scalar metrics, for periodic evaluation during training.
-
-  Each call draws config.eval.num_samples images from the GANState's
-  generator, always from the same z (seeded by config.eval.seed) so that the
-  numbers of two steps differ by the generator only, quantises them to uint8
-  like samples.npz, and scores them with Evaluator (every key but
-  class_histogram). The test split is loaded and classified once, here.
-  With fewer samples than the test split's 10,000, fid and kid sit above
-  their --reference values (FD is biased upwards at small N) and recall
-  reads high: compare periodic numbers with each other.
-
-  Raises:
-    EvaluationError: no classifier for config.dataset, or unusable data.
-  """
-  evaluator = Evaluator(config)
-  key = jax.random.PRNGKey(evaluator.settings.seed)
-  num_samples = evaluator.settings.num_samples
-
-  def evaluate(state) -> dict[str, float]:
-    results = evaluator(generate_images(state, key, num_samples))
-    return {name: float(value) for name, value in results.items()
-            if name != "class_histogram"}
-
-  logging.info("Periodic evaluation of %d samples against %s, scored by the classifier %s "
-               "(sha256 %s)", num_samples, evaluator.description["real"],
-               evaluator.description["classifier"], evaluator.description["classifier_sha256"])
-  return evaluate
-
-
-def gaussian_blur(images: np.ndarray, sigma: float) -> np.ndarray:
-  """uint8 images (N, H, W, C) blurred over H and W by a Gaussian of `sigma` pixels.
-
-  scipy.ndimage.gaussian_filter (kernel truncated at 4 sigma, edges
-  reflected), rounded back to uint8.
-  """
-  blurred = ndimage.gaussian_filter(np.asarray(images, np.float64), (0, sigma, sigma, 0),
-                                    mode="mirror", truncate=4.0)
-  return np.clip(np.rint(blurred), 0, 255).astype(np.uint8)
-
-
-def reference_images(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-  """Image sets of known quality, config.num_samples of each (seed: config.eval.seed).
-
-  "train": training images, the real-vs-real floor; "blurred_test": test
-  images blurred by a Gaussian of BLUR_SIGMA pixel, a familiar degradation
-  (they differ from the reference set by the blur alone); "uniform_noise".
-  """
-  rng = np.random.default_rng(eval_settings(config).seed)
-  try:
-    train_images, _ = data.load_split(config, "train")
-    test_images, _ = data.load_split(config, "test")
-  except ValueError as e:
-    raise EvaluationError(str(e)) from None
-  n = min(config.num_samples, len(train_images))
-  # Drawn in this order, so that "train" and "uniform_noise" are the sets that
-  # evaluations before "blurred_test" existed used.
-  train = train_images[rng.choice(len(train_images), n, replace=False)]
-  noise = rng.integers(0, 256, size=(n, *train_images.shape[1:]), dtype=np.uint8)
-  blurred = gaussian_blur(
-      test_images[rng.choice(len(test_images), min(n, len(test_images)), replace=False)],
-      BLUR_SIGMA)
-  return {"train": train, "blurred_test": blurred, "uniform_noise": noise}
-
-
-def load_samples(path: str) -> np.ndarray:
-  """The 'images' array of an .npz file."""
-  try:
-    samples = np.load(path)
-  except (OSError, ValueError) as e:
-    raise EvaluationError(f"cannot read samples from {path}: {e}") from None
-  if not isinstance(samples, np.lib.npyio.NpzFile):
-    raise EvaluationError(f"{path} is not an .npz file; save the samples with np.savez(path, "
-                          "images=images)")
-  with samples:
-    if "images" not in samples:
-      raise EvaluationError(f"{path} has no 'images' array (it has {sorted(samples)})")
-    return samples["images"]
 
 
 def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> tuple[np.ndarray, int]:
@@ -273,13 +33,7 @@ def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> tuple[
 
   trainer.sample draws them, and also writes them to workdir/samples.npz.
   """
-  # Imported here: the trainer imports this module for periodic evaluation.
-  from experiments import trainer  # pylint: disable=g-import-not-at-top
-
-  try:
-    images = trainer.sample(config, workdir)
-  except trainer.ConfigError as e:
-    raise EvaluationError(str(e)) from None
+  images = trainer.sample(config, workdir)
   manager = checkpoint.create_manager(os.path.join(workdir, "checkpoints"), config.keep)
   return images, manager.latest_step()
 
@@ -288,19 +42,19 @@ def run(config: ml_collections.ConfigDict, *, samples: str | None = None,
         workdir: str | None = None, reference: bool = False) -> list[dict]:
   """The CLI's work: the result lines of the samples, the checkpoint or the references."""
   if samples is not None and reference:
-    raise EvaluationError("give --samples or --reference, not both")
+    raise evaluation.EvaluationError("give --samples or --reference, not both")
   if samples is None and not reference and workdir is None:
-    raise EvaluationError("give --samples=PATH.npz, --workdir=DIR (to sample its latest "
-                          "checkpoint) or --reference")
+    raise evaluation.EvaluationError(
+        "give --samples=PATH.npz, --workdir=DIR (to sample its latest checkpoint) or --reference")
   if reference:
     subjects = {f"reference:{name}": (images, None)
-                for name, images in reference_images(config).items()}
+                for name, images in evaluation.reference_images(config).items()}
   elif samples is not None:
-    subjects = {f"samples:{os.path.abspath(samples)}": (load_samples(samples), None)}
+    subjects = {f"samples:{os.path.abspath(samples)}": (evaluation.load_samples(samples), None)}
   else:
     images, step = sample_checkpoint(config, workdir)
     subjects = {f"checkpoint:{os.path.abspath(workdir)}": (images, step)}
-  evaluator = Evaluator(config)
+  evaluator = evaluation.Evaluator(config)
   lines = []
   for subject, (images, step) in subjects.items():
     line = {"evaluated": subject, "step": step, "num_samples": len(images),
@@ -319,17 +73,12 @@ def write_lines(lines: list[dict], workdir: str | None) -> None:
       with open(os.path.join(workdir, "eval.jsonl"), "a") as f:
         f.write(text)
     except OSError as e:
-      raise EvaluationError(f"cannot write {workdir}/eval.jsonl ({e.strerror})") from None
+      raise evaluation.EvaluationError(
+          f"cannot write {workdir}/eval.jsonl ({e.strerror})") from None
 
 
 def define_flags() -> None:
-  """Defines the CLI's flags.
-
-  Only when this module runs as the program: the trainer imports it for
-  make_evaluator, beside the training job's own --config and --workdir.
-  """
-  config_flags.DEFINE_config_file(
-      "config", _DEFAULT_CONFIG, "Experiment config file, as for training.")
+  cli.define_config("config", _DEFAULT_CONFIG, "Experiment config file, as for training.")
   flags.DEFINE_string(
       "samples", None, ".npz file whose 'images' (N, H, W, C), uint8 or in [-1, 1], are scored.")
   flags.DEFINE_string(
@@ -342,18 +91,11 @@ def define_flags() -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logs.keep_job_logs_only()
+  del argv  # cli.run rejects positional arguments
   args = flags.FLAGS
-  try:
-    lines = run(args.config, samples=args.samples, workdir=args.workdir, reference=args.reference)
-    write_lines(lines, args.workdir)
-  except (EvaluationError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(EXIT_BAD_INPUT)
+  lines = run(args.config, samples=args.samples, workdir=args.workdir, reference=args.reference)
+  write_lines(lines, args.workdir)
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags, bad_input=(evaluation.EvaluationError, trainer.ConfigError))

@@ -19,15 +19,13 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from ebgan_jax import checkpoint, data, losses, models, state as state_lib, train, viz
-from experiments import evaluate
+from ebgan_jax import (checkpoint, data, evaluation, losses, models, state as state_lib, train,
+                       viz)
 
 # Part of the config that fixes parameter shapes: a checkpoint restores only
 # into the same values.
 ARCHITECTURE_FIELDS = ("model", "image_shape", "z_dim")
 GRID_SIZE = 64
-# Sampling batch: one compiled `generate` serves any num_samples.
-SAMPLE_BATCH = 500
 
 
 class ConfigError(ValueError):
@@ -38,33 +36,27 @@ class TrainingDiverged(RuntimeError):
   """A loss became NaN or infinite; nothing after the last good checkpoint was saved."""
 
 
-def _steps_per_call(config) -> int:
-  return config.get("steps_per_call", 1)  # absent from configs older than the field
-
-
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first config value that cannot work."""
-  steps_per_call = _steps_per_call(config)
   checks = [
       (config.margin >= 0, f"margin must be >= 0, got {config.margin}"),
       (config.lambda_pt >= 0, f"lambda_pt must be >= 0, got {config.lambda_pt}"),
       (config.batch_size >= 2,
        f"batch_size must be >= 2 (the pulling-away term compares pairs), got {config.batch_size}"),
       (config.z_dim >= 1, f"z_dim must be >= 1, got {config.z_dim}"),
-      (config.energy_reduction in losses.REDUCTIONS,
-       f"energy_reduction must be one of {losses.REDUCTIONS}, got {config.energy_reduction!r}"),
       (config.num_steps >= 0, f"num_steps must be >= 0, got {config.num_steps}"),
       (config.train_seconds >= 0, f"train_seconds must be >= 0 (0 = no budget), "
                                   f"got {config.train_seconds}"),
       (config.num_samples > 0, f"num_samples must be > 0, got {config.num_samples}"),
       (config.keep >= 1, f"keep must be >= 1, got {config.keep}"),
-      (steps_per_call >= 1, f"steps_per_call must be >= 1, got {steps_per_call}"),
+      (config.steps_per_call >= 1,
+       f"steps_per_call must be >= 1, got {config.steps_per_call}"),
       (len(config.image_shape) == 3, f"image_shape must be (H, W, C), got {config.image_shape}"),
   ]
   for field in ("log_every", "sample_every", "checkpoint_every"):
     checks.append((config[field] >= 1, f"{field} must be >= 1, got {config[field]}"))
-  checks.append((config.get("eval_every", 0) >= 0,
-                 f"eval_every must be >= 0 (0 = never), got {config.get('eval_every')}"))
+  checks.append((config.eval_every >= 0,
+                 f"eval_every must be >= 0 (0 = never), got {config.eval_every}"))
   for name in ("optim_g", "optim_d"):
     optim = config[name]
     checks.append((optim.learning_rate > 0,
@@ -75,8 +67,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for ok, message in checks:
     if not ok:
       raise ConfigError(message)
-  try:  # also checks compute_dtype (absent from configs older than the field)
-    models.build_models(config.model, config.image_shape, config.get("compute_dtype", "float32"))
+  try:  # the checks that the library owns: model fields, compute_dtype, energy reduction
+    models.build_models(config.model, config.image_shape, config.compute_dtype)
+    losses.check_reduction(config.energy_reduction)
   except ValueError as e:
     raise ConfigError(str(e)) from None
 
@@ -159,11 +152,15 @@ class _MetricsLog:
     self._writer.write_scalars(steps[-1], means)
 
 
-def _make_evaluator(config):
+def _make_evaluator(config) -> evaluation.Evaluator:
   try:
-    return evaluate.make_evaluator(config)
-  except evaluate.EvaluationError as e:
+    evaluator = evaluation.Evaluator(config)
+  except evaluation.EvaluationError as e:
     raise ConfigError(f"eval_every={config.eval_every} needs the built-in metrics: {e}") from None
+  logging.info("Every %d steps: %d samples against %s, scored by the classifier %s (sha256 %s)",
+               config.eval_every, evaluator.settings.num_samples, evaluator.description["real"],
+               evaluator.description["classifier"], evaluator.description["classifier_sha256"])
+  return evaluator
 
 
 def _call_sizes(step: int, config) -> Iterator[int]:
@@ -173,9 +170,9 @@ def _call_sizes(step: int, config) -> Iterator[int]:
   evaluation boundary inside, so every boundary is reached exactly, and a run that
   stops at a multiple of K continues with the same calls when resumed.
   """
-  k = _steps_per_call(config)
+  k = config.steps_per_call
   intervals = [config.log_every, config.sample_every, config.checkpoint_every]
-  if config.get("eval_every"):
+  if config.eval_every:
     intervals.append(config.eval_every)
   while step < config.num_steps:
     boundary = min(config.num_steps, *((step // i + 1) * i for i in intervals))
@@ -210,10 +207,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   mesh = train.make_mesh()
   state = _initial_state(config, manager, mesh)
   start_step = int(state.step)
-  try:
-    batches, info = data.create_dataset(config, "train", start_step=start_step,
-                                        device_count=mesh.size)
-  except ValueError as e:  # the data's or the config's fault, never the code's
+  try:  # the data's or the config's fault, never the code's
+    batches, info = data.create_dataset(config, "train", start_step=start_step)
+    train_step = train.make_train_step(config, mesh)
+    # Compiled on first use only: with K = 1, or boundaries at multiples of K, one
+    # of the two never runs.
+    multi_step = train.make_multi_step(config, mesh)
+  except ValueError as e:
     raise ConfigError(str(e)) from None
   logging.info("Training on %s: %d examples of shape %s, global batch %d over %d devices "
                "in %d processes", info.source, info.num_examples, info.image_shape,
@@ -222,15 +222,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:
     writer.write_hparams({k: str(v) for k, v in config.items()})
-  train_step = train.make_train_step(config, mesh)
-  # Compiled on first use only: with K = 1, or boundaries at multiples of K, one
-  # of the two never runs.
-  multi_step = train.make_multi_step(config, mesh)
   grid_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x5A3)  # fixed z for grids
   progress = periodic_actions.ReportProgress(num_train_steps=config.num_steps, writer=writer,
                                              every_secs=30.0)
   metrics_log = _MetricsLog(writer)
-  evaluator = _make_evaluator(config) if config.get("eval_every") else None
+  evaluator = _make_evaluator(config) if config.eval_every else None
   deadline = time.monotonic() + config.train_seconds if config.train_seconds else math.inf
   last_saved = manager.latest_step()
 
@@ -258,13 +254,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       if step % config.sample_every == 0:
         _write_sample_grid(writer, state, grid_key, workdir)
       if evaluator and step % config.eval_every == 0:
-        writer.write_scalars(step, {f"eval/{k}": v for k, v in evaluator(state).items()})
+        scores = evaluator.score_generator(state)
+        writer.write_scalars(step, {f"eval/{name}": value for name, value in scores.items()})
       if out_of_time:
         logging.info("train_seconds=%s spent at step %d", config.train_seconds, step)
         break
     metrics_log.flush(last_saved)
     if step % config.sample_every:
       _write_sample_grid(writer, state, grid_key, workdir)
+  except data.CorruptImageError as e:  # an image folder's file, found out when its batch came
+    kept = f"the last checkpoint is step {last_saved}" if last_saved else "no checkpoint was saved"
+    raise ConfigError(f"{e} Training stopped; {kept}") from None
   finally:
     # Also when training diverged: the last good checkpoint may still be in flight.
     manager.wait_until_finished()
@@ -289,10 +289,8 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> np.ndarray:
   if manager.latest_step() is None:
     raise ConfigError(f"no checkpoint in {manager.directory}; train first with --mode=train")
   state = _initial_state(config, manager, train.make_mesh())
-  key = jax.random.PRNGKey(config.seed + 1)
-  chunks = [viz.to_uint8(train.generate(state, jax.random.fold_in(key, i), SAMPLE_BATCH))
-            for i in range(math.ceil(config.num_samples / SAMPLE_BATCH))]
-  images = np.concatenate(chunks)[:config.num_samples]
+  images = evaluation.generate_images(state, jax.random.PRNGKey(config.seed + 1),
+                                      config.num_samples)
   if jax.process_index() == 0:
     path = os.path.join(workdir, "samples.npz")
     np.savez(path, images=images)

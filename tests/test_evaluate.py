@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ebgan_jax import classifier, data, metrics, state as state_lib
+from ebgan_jax import classifier, data, evaluation, metrics, state as state_lib
 from experiments import evaluate, trainer
 from experiments.configs import stacked_mnist_conv, tiny
 from tests import data_fixtures
@@ -57,7 +57,7 @@ def stacked_config(idx_dir, cache_dir):
 def test_the_test_split_against_itself(idx_dir, cache_dir):
   config = plain_config(idx_dir, cache_dir)
   test_images, _ = data.load_split(config, "test")
-  results = evaluate.Evaluator(config)(test_images)
+  results = evaluation.Evaluator(config)(test_images)
   assert results["precision"] == results["recall"] == results["coverage"] == 1.0
   assert results["fid"] == pytest.approx(0.0, abs=1e-6)
   # Confident predictions, every class twice in each of the 10 splits of 20 images.
@@ -69,8 +69,8 @@ def test_the_test_split_against_itself(idx_dir, cache_dir):
 
 def test_references_put_training_images_near_the_floor_and_noise_far_away(idx_dir, cache_dir):
   config = plain_config(idx_dir, cache_dir)
-  evaluator = evaluate.Evaluator(config)
-  references = evaluate.reference_images(config)
+  evaluator = evaluation.Evaluator(config)
+  references = evaluation.reference_images(config)
   assert {name: images.shape for name, images in references.items()} == {
       name: (config.num_samples, 28, 28, 1) for name in ("train", "blurred_test", "uniform_noise")}
   train, blurred, noise = (evaluator(references[name])
@@ -86,7 +86,7 @@ def test_references_put_training_images_near_the_floor_and_noise_far_away(idx_di
 def test_gaussian_blur_spreads_a_point_as_a_unit_gaussian():
   image = np.zeros((1, 21, 21, 1), np.uint8)
   image[0, 10, 10, 0] = 255
-  blurred = evaluate.gaussian_blur(image, sigma=1.0)[0, ..., 0].astype(np.float64)
+  blurred = evaluation.gaussian_blur(image, sigma=1.0)[0, ..., 0].astype(np.float64)
   offsets = np.arange(21) - 10
   row_profile = blurred.sum(axis=0) / blurred.sum()
   assert blurred.argmax() == image.argmax() and blurred.max() < 255 / (2 * np.pi) + 1
@@ -97,10 +97,10 @@ def test_gaussian_blur_spreads_a_point_as_a_unit_gaussian():
 
 def test_gaussian_blur_keeps_flat_images_and_shapes():
   flat = np.full((2, 6, 5, 3), 77, np.uint8)
-  np.testing.assert_array_equal(evaluate.gaussian_blur(flat, sigma=1.0), flat)
+  np.testing.assert_array_equal(evaluation.gaussian_blur(flat, sigma=1.0), flat)
   stripes = np.zeros((1, 8, 8, 1), np.uint8)
   stripes[:, :, ::2] = 255
-  blurred = evaluate.gaussian_blur(stripes, sigma=1.0)
+  blurred = evaluation.gaussian_blur(stripes, sigma=1.0)
   assert blurred.dtype == np.uint8 and blurred.shape == stripes.shape
   assert np.ptp(blurred) < 0.5 * np.ptp(stripes)  # fine detail is what a blur removes
 
@@ -108,7 +108,7 @@ def test_gaussian_blur_keeps_flat_images_and_shapes():
 def test_a_collapsed_generator_loses_classes_and_coverage(idx_dir, cache_dir):
   config = plain_config(idx_dir, cache_dir)
   images, labels = pattern_digits(300, seed=7)
-  results = evaluate.Evaluator(config)(images[labels < 2])  # only classes 0 and 1
+  results = evaluation.Evaluator(config)(images[labels < 2])  # only classes 0 and 1
   assert results["classes_1pct"] == 2
   assert results["kl_to_uniform"] == pytest.approx(np.log(5), rel=1e-9)
   assert results["inception_score"] == pytest.approx(2.0, rel=0.05)
@@ -118,8 +118,8 @@ def test_a_collapsed_generator_loses_classes_and_coverage(idx_dir, cache_dir):
 def test_stacked_modes_are_counted_on_each_channel(idx_dir, cache_dir):
   config = stacked_config(idx_dir, cache_dir)
   images, modes = data.load_split(config, "test")
-  evaluator = evaluate.Evaluator(config)
-  probabilities, features = evaluate.score(evaluator.classifier, images)
+  evaluator = evaluation.Evaluator(config)
+  probabilities, features = evaluation.score(evaluator.classifier, images)
   assert probabilities.shape == (NUM_TEST, 1000) and features.shape == (NUM_TEST, 3 * 16)
   np.testing.assert_array_equal(np.argmax(probabilities, axis=1), modes)
 
@@ -175,7 +175,7 @@ def test_stacked_split_is_fixed_per_split_and_independent_of_the_seed(numbered_i
 
 def test_stacked_training_stream_serves_the_stacked_split(numbered_idx_dir):
   config = numbered_stacked_config(numbered_idx_dir)
-  batches, info = data.create_dataset(config, device_count=1)
+  batches, info = data.create_dataset(config)
   assert info == data.DatasetInfo((28, 28, 3), 500, "train", f"stacked:idx:{numbered_idx_dir}")
   epoch = np.concatenate([next(batches) for _ in range(10)])  # 10 x 50: one epoch
   assert epoch.shape == (500, 28, 28, 3) and epoch.dtype == np.float32
@@ -189,10 +189,10 @@ def test_stacked_training_stream_serves_the_stacked_split(numbered_idx_dir):
 # --- Periodic evaluation and the CLI ----------------------------------------------------
 
 
-def test_make_evaluator_scores_a_generator_reproducibly(idx_dir, cache_dir):
+def test_score_generator_is_reproducible(idx_dir, cache_dir):
   config = plain_config(idx_dir, cache_dir, num_samples=120)
   gan = state_lib.create_state(config, jax.random.PRNGKey(0))
-  evaluate_state = evaluate.make_evaluator(config)
+  evaluate_state = evaluation.Evaluator(config).score_generator
   first, second = evaluate_state(gan), evaluate_state(gan)
   assert first == second  # the same z every time
   assert set(first) == {"inception_score", "inception_score_std", "fid", "kid", "kid_std",
@@ -219,21 +219,22 @@ def test_evaluate_workdir_samples_the_latest_checkpoint(idx_dir, cache_dir, tmp_
     ({"samples": "/nonexistent/samples.npz"}, "cannot read samples from /nonexistent"),
 ])
 def test_run_rejects_bad_requests(idx_dir, cache_dir, kwargs, message):
-  with pytest.raises(evaluate.EvaluationError, match=message):
+  with pytest.raises(evaluation.EvaluationError, match=message):
     evaluate.run(plain_config(idx_dir, cache_dir), **kwargs)
 
 
 def test_samples_of_the_wrong_shape_or_too_few_are_rejected(idx_dir, cache_dir):
-  evaluator = evaluate.Evaluator(plain_config(idx_dir, cache_dir))
-  with pytest.raises(evaluate.EvaluationError, match="do not match config.image_shape"):
+  evaluator = evaluation.Evaluator(plain_config(idx_dir, cache_dir))
+  with pytest.raises(evaluation.EvaluationError, match="do not match config.image_shape"):
     evaluator(np.zeros((50, 28, 28, 3), np.uint8))
-  with pytest.raises(evaluate.EvaluationError, match="too few"):
+  with pytest.raises(evaluation.EvaluationError, match="too few"):
     evaluator(np.zeros((4, 28, 28, 1), np.uint8))
 
 
 def test_unknown_eval_fields_are_rejected(idx_dir, cache_dir):
-  with pytest.raises(evaluate.EvaluationError, match=r"unknown config.eval fields \['kid_size'\]"):
-    evaluate.eval_settings(plain_config(idx_dir, cache_dir, kid_size=3))
+  with pytest.raises(evaluation.EvaluationError,
+                     match=r"unknown config.eval fields \['kid_size'\]"):
+    evaluation.eval_settings(plain_config(idx_dir, cache_dir, kid_size=3))
 
 
 def _run_cli(*args):
@@ -319,3 +320,49 @@ def test_eval_every_without_a_classifier_is_a_config_error(idx_dir, tmp_path):
   config.eval_every = 2
   with pytest.raises(trainer.ConfigError, match="eval_every=2 needs the built-in metrics"):
     trainer.train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_a_rotation_feature_network_scores_distances_but_no_classes(idx_dir, tmp_path):
+  model = {"num_classes": 4, "feature_dim": 16, "dropout_rate": 0.0}
+  cnn = classifier.create_model(model)
+  params = classifier.init_params(cnn, (28, 28, 1), jax.random.PRNGKey(0))
+  classifier.save(tmp_path / "mnist", params, {"task": "rotation", "model": model,
+                                               "image_shape": [28, 28, 1], "test_accuracy": 0.9})
+  config = plain_config(idx_dir, tmp_path)
+  test_images, _ = data.load_split(config, "test")
+  results = evaluation.Evaluator(config)(test_images)
+  assert set(results) == {"fid", "kid", "kid_std", "precision", "recall", "density", "coverage"}
+  assert abs(results["fid"]) < 1e-3  # the test split against itself
+
+
+def test_64x64_photographs_are_scored_by_a_rotation_feature_network(tmp_path):
+  """The 64x64 RGB path: an image folder's test split, a rotation CNN's features, no classes."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  for split, count in (("train", 8), ("test", 40)):
+    for i in range(count):
+      folder = tmp_path / "photos" / split / str(i % 3)
+      folder.mkdir(parents=True, exist_ok=True)
+      # Smooth colour gradients: "photographs" far from uniform noise.
+      ramp = np.linspace(0, 1, 64)[None, :, None] * rng.uniform(50, 200, 3)
+      Image.fromarray((ramp + np.zeros((64, 1, 1))).astype(np.uint8)).save(folder / f"{i}.png")
+  model = {"num_classes": 4, "feature_dim": 16, "dropout_rate": 0.0}
+  params = classifier.init_params(classifier.create_model(model), (64, 64, 3),
+                                  jax.random.PRNGKey(0))
+  classifier.save(tmp_path / "cache" / "photos", params,
+                  {"task": "rotation", "model": model, "image_shape": [64, 64, 3],
+                   "test_accuracy": 0.25})
+  config = tiny.get_config()
+  config.update({"dataset": "photos", "image_dir": str(tmp_path / "photos"),
+                 "image_shape": (64, 64, 3)})
+  config.eval = ml_collections.ConfigDict({"classifier_dir": str(tmp_path / "cache"),
+                                           "kid_subset_size": 20, "kid_subsets": 5})
+  evaluator = evaluation.Evaluator(config)
+  assert evaluator.description["real"] == f"images:{tmp_path / 'photos'} test split (40 images)"
+  real, _ = data.load_split(config, "test")
+  noise = rng.integers(0, 256, (40, 64, 64, 3), dtype=np.uint8)
+  on_real, on_noise = evaluator(real), evaluator(noise)
+  assert "inception_score" not in on_real and "classes_1pct" not in on_real
+  assert abs(on_real["fid"]) < 1e-3 and on_real["coverage"] == 1.0
+  assert on_noise["fid"] > 100 * max(on_real["fid"], 1e-3) and on_noise["coverage"] < 0.5
