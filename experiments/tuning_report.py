@@ -15,12 +15,12 @@ import collections
 import csv
 import json
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 import numpy as np
 
 from ebgan_jax import viz
+from experiments import cli
 
 # Summary columns: (result key, header, format).
 COLUMNS = (("fid", "FID", "{:.1f}"), ("coverage", "coverage", "{:.3f}"),
@@ -175,9 +175,12 @@ def sample_mosaic(rows: list[dict], samples: dict, path: str) -> list[str]:
   return captions
 
 
+class ReportError(ValueError):
+  """The study's results cannot be read."""
+
+
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  del argv  # cli.run rejects positional arguments
   args = flags.FLAGS
   try:
     rows = load_rows(args.results)
@@ -186,8 +189,7 @@ def main(argv):
       with np.load(path) as f:
         samples.update({k: f[k] for k in f.files})
   except (OSError, ValueError) as e:
-    print(f"error: cannot read the study's results: {e}", file=sys.stderr)
-    sys.exit(2)
+    raise ReportError(f"cannot read the study's results: {e}") from None
   out = args.out
   os.makedirs(out, exist_ok=True)
   write_csv(rows, os.path.join(out, "results.csv"))
@@ -209,5 +211,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags, bad_input=(ReportError,))

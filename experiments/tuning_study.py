@@ -18,9 +18,9 @@ studies:
   norm       the paper's "norm" energy ||r|| (Eq. 13) and its scale of margins
   stacked    stacked Fashion-MNIST (1000 modes), lambda_pt x seeds at margin 0.3
 
-Each member is then scored by experiments.evaluate (the cached Fashion-MNIST
+Each member is then scored by ebgan_jax.evaluation (the cached Fashion-MNIST
 classifier) on --eval_samples samples; so are the training images and the
-blurred test images (evaluate.reference_images) as references. Outputs in
+blurred test images (evaluation.reference_images) as references. Outputs in
 --out: results.jsonl (one row per member and reference) and samples.npz (64
 samples per member from a fixed z, key "STUDY/MEMBER");
 experiments/tuning_report.py turns them into tables and figures.
@@ -30,17 +30,16 @@ import functools
 import itertools
 import json
 import os
-import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ebgan_jax import data, population as population_lib
-from experiments import evaluate, logs
+from ebgan_jax import data, evaluation, population as population_lib
+from experiments import cli
 from experiments.configs import fashion_conv, stacked_mnist_conv
 
 MARGINS = (0.1, 0.2, 0.3, 0.5, 1.0)
@@ -130,7 +129,7 @@ def train_population(config, members: list[dict], images: np.ndarray, steps: int
   return population, {name: np.stack([h[name] for h in history]) for name in history[0]}
 
 
-def score_row(evaluator: evaluate.Evaluator, images: np.ndarray) -> dict:
+def score_row(evaluator: evaluation.Evaluator, images: np.ndarray) -> dict:
   """The built-in metrics, plus the share of the rarest class (plain data only)."""
   results = evaluator(images)
   if "class_histogram" in results:
@@ -139,7 +138,7 @@ def score_row(evaluator: evaluate.Evaluator, images: np.ndarray) -> dict:
   return results
 
 
-def run_study(name: str, config, evaluator: evaluate.Evaluator, references: dict[str, np.ndarray],
+def run_study(name: str, config, evaluator: evaluation.Evaluator, references: dict[str, np.ndarray],
               settings: list[dict], seeds: int, args, grids: dict) -> list[dict]:
   """Trains the study's population, then scores every member; returns the result rows."""
   members = [{"seed": seed, **s} for s, seed in itertools.product(settings, range(seeds))]
@@ -158,13 +157,13 @@ def run_study(name: str, config, evaluator: evaluate.Evaluator, references: dict
   tail = max(1, len(next(iter(history.values()))) // 10)
   for i, member in enumerate(members):
     state = population.member(i)
-    grids[f"{name}/{i}"] = evaluate.generate_images(state, grid_key, GRID_SAMPLES)
+    grids[f"{name}/{i}"] = evaluation.generate_images(state, grid_key, GRID_SAMPLES)
     rows.append({
         "study": name, "member": i, "energy": config.energy_reduction, **member,
         "lr_ratio": member["lr_g"] / member["lr_d"], "steps": int(state.step),
         "population_size": len(members), "train_s": round(train_s, 1),
         **{f"train_{k}": float(np.mean(v[-tail:, i])) for k, v in history.items()},
-        **score_row(evaluator, evaluate.generate_images(state, sample_key, args.eval_samples)),
+        **score_row(evaluator, evaluation.generate_images(state, sample_key, args.eval_samples)),
     })
   for label, reference in references.items():
     rows.append({"study": name, "member": f"reference:{label}",
@@ -177,19 +176,20 @@ def write_rows(rows: list[dict], out: str) -> None:
     f.writelines(json.dumps(row) + "\n" for row in rows)
 
 
+class StudyError(ValueError):
+  """Bad flags, or a classifier or data split the studies need is missing."""
+
+
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logs.keep_job_logs_only()
+  del argv  # cli.run rejects positional arguments
   args = flags.FLAGS
   base_lr = fashion_conv.get_config().optim_d.learning_rate
   known = studies(base_lr)
   unknown = sorted(set(args.studies) - set(known))
   if (unknown or args.steps < 1 or args.steps_per_call < 1 or args.eval_samples < 10
           or args.seeds < 0):
-    print(f"error: give --studies from {sorted(known)} (unknown: {unknown}), --steps >= 1, "
-          "--steps_per_call >= 1, --eval_samples >= 10 and --seeds >= 0", file=sys.stderr)
-    sys.exit(2)
+    raise StudyError(f"give --studies from {sorted(known)} (unknown: {unknown}), --steps >= 1, "
+                     "--steps_per_call >= 1, --eval_samples >= 10 and --seeds >= 0")
   plan, evaluators, references = [], {}, {}
   try:
     # Every classifier and data split before any training: a missing one fails at once.
@@ -198,14 +198,13 @@ def main(argv):
       config = make_config(overrides, args.idx_dir, args.classifier_dir, args.eval_samples)
       stacked = data.is_stacked(config)
       if stacked not in evaluators:
-        evaluators[stacked] = evaluate.Evaluator(config)
-        references[stacked] = evaluate.reference_images(config)
+        evaluators[stacked] = evaluation.Evaluator(config)
+        references[stacked] = evaluation.reference_images(config)
       plan.append((name, config, evaluators[stacked], references[stacked], settings,
                    args.seeds or seeds))
     os.makedirs(args.out, exist_ok=True)
-  except (evaluate.EvaluationError, ValueError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  except (ValueError, OSError) as e:  # EvaluationError is a ValueError
+    raise StudyError(str(e)) from None
   rows, grids = [], {}
   for name, config, evaluator, reference, settings, seeds in plan:
     rows += run_study(name, config, evaluator, reference, settings, seeds, args, grids)
@@ -215,5 +214,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags, bad_input=(StudyError,))
