@@ -12,6 +12,7 @@ import sys
 import time
 
 import jax
+import ml_collections
 import numpy as np
 
 from ebgan_jax import state as state_lib, train
@@ -21,8 +22,18 @@ from experiments.configs import mnist_conv, tiny
 GLOBAL_BATCH = 16
 
 
+def small_conv64_config():
+  """conv64 at small widths: the paper's 64x64 layer structure at a fraction of the work."""
+  config = mnist_conv.get_config()
+  config.model = ml_collections.ConfigDict({"family": "conv64", "g_width": 16, "d_width": 4})
+  config.image_shape = (64, 64, 3)
+  config.z_dim = 8
+  return config
+
+
 def family_config(family: str):
-  config = mnist_conv.get_config() if family == "conv28" else tiny.get_config()
+  config = {"conv28": mnist_conv.get_config, "conv64": small_conv64_config,
+            "mlp": tiny.get_config}[family]()
   config.batch_size = GLOBAL_BATCH
   return tolerant_adam(config)
 
@@ -40,15 +51,61 @@ def tolerant_adam(config):
   return config
 
 
+class StepCounter:
+  """Counts the training steps that the trainer's jitted calls run.
+
+  `install(setattr)` (or pytest's `monkeypatch.setattr`) wraps
+  train.make_train_step and train.make_multi_step, which the trainer looks up
+  at each run: a resumed run that silently retrained from step 0 would end in
+  the same state (training is deterministic) but run more steps.
+  """
+
+  def __init__(self):
+    self.steps = 0
+
+  def install(self, set_attribute=setattr) -> "StepCounter":
+    real_train_step, real_multi_step = train.make_train_step, train.make_multi_step
+
+    def make_train_step(config, mesh=None):
+      step = real_train_step(config, mesh)
+
+      def counted(state, batch):
+        self.steps += 1
+        return step(state, batch)
+      return counted
+
+    def make_multi_step(config, mesh=None):
+      multi_step = real_multi_step(config, mesh)
+
+      def counted(state, batches):
+        self.steps += batches.shape[0]
+        return multi_step(state, batches)
+      return counted
+
+    set_attribute(train, "make_train_step", make_train_step)
+    set_attribute(train, "make_multi_step", make_multi_step)
+    return self
+
+
 def leaves(tree) -> list[np.ndarray]:
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
-def assert_trees_close(actual, expected, what: str) -> float:
-  """Asserts rtol 1e-5 (atol 1e-6 for values near 0); returns the largest absolute error."""
+# After a few Adam steps, a weight whose gradient cancels to about 0 gets a
+# different fraction of a step (lr = 4e-4) when its sum is taken in another
+# order, and the later steps' metrics follow (seen on an Intel Xeon after 3
+# conv28 steps: 4.6e-6 in a weight, a relative 3e-5 in a metric). 1e-5 is 2.5%
+# of one step; a sharding error moves whole steps and changes metrics by far more.
+PARAMS_ATOL = 1e-5
+METRICS_RTOL = 1e-4
+
+
+def assert_trees_close(actual, expected, what: str, atol: float = 1e-6,
+                       rtol: float = 1e-5) -> float:
+  """Asserts rtol (atol for values near 0); returns the largest absolute error."""
   worst = 0.0
   for a, b in zip(leaves(actual), leaves(expected), strict=True):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=what)
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg=what)
     worst = max(worst, float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0)
   return worst
 
@@ -73,65 +130,87 @@ def check_step_equality(family: str, num_steps: str = "3"):
   """k sharded steps on all devices == k steps of one device on the same global batches."""
   config = family_config(family)
   rng = np.random.default_rng(0)
-  batches = [rng.uniform(-1, 1, (GLOBAL_BATCH, 28, 28, 1)).astype(np.float32)
+  batches = [rng.uniform(-1, 1, (GLOBAL_BATCH, *config.image_shape)).astype(np.float32)
              for _ in range(int(num_steps))]
   sharded, sharded_metrics, sharded_rate = run_steps(config, train.make_mesh(), batches)
   single, single_metrics, single_rate = run_steps(
       config, train.make_mesh(jax.devices()[:1]), batches)
-  param_error = assert_trees_close(sharded.generator.params, single.generator.params, "G params")
+  param_error = assert_trees_close(sharded.generator.params, single.generator.params, "G params",
+                                   atol=PARAMS_ATOL)
   param_error = max(param_error, assert_trees_close(
-      sharded.discriminator.params, single.discriminator.params, "D params"))
+      sharded.discriminator.params, single.discriminator.params, "D params", atol=PARAMS_ATOL))
   stats_error = assert_trees_close(
       (sharded.generator.batch_stats, sharded.discriminator.batch_stats),
       (single.generator.batch_stats, single.discriminator.batch_stats), "batch_stats")
-  metrics_error = assert_trees_close(sharded_metrics, single_metrics, "metrics")
+  metrics_error = assert_trees_close(sharded_metrics, single_metrics, "metrics",
+                                     rtol=METRICS_RTOL)
   assert sharded.generator.params["Dense_0"]["kernel"].sharding.is_fully_replicated
   print(json.dumps({"family": family, "devices": jax.device_count(), "steps": int(num_steps),
                     "max_abs_error_params": param_error, "max_abs_error_batch_stats": stats_error,
                     "max_abs_error_metrics": metrics_error}))
 
 
+def _stats_after_one_step(config, mesh, batch):
+  """G's and D's BatchNorm running statistics after one library step on `batch`."""
+  state = train.replicate(state_lib.create_state(config, jax.random.PRNGKey(0)), mesh)
+  state, _ = train.make_train_step(config, mesh)(state, train.global_batch(batch, mesh))
+  return jax.device_get((state.generator.batch_stats, state.discriminator.batch_stats))
+
+
+def _max_abs_difference(a, b) -> float:
+  return max(float(np.max(np.abs(x - y))) for x, y in zip(leaves(a), leaves(b), strict=True))
+
+
 def check_batch_statistics_are_global():
-  """BatchNorm in the sharded step normalises by the global batch, not each device's slice."""
+  """BatchNorm in the sharded step normalises by the global batch, not each device's slice.
+
+  Runs the library's sharded step on all devices and on one, and compares the
+  running statistics both nets' BatchNorm layers keep. Each device's slice of
+  the batch holds a different constant image, so statistics of a slice would
+  be far from those of the whole batch: the step on one slice alone shows
+  how far.
+  """
   config = family_config("conv28")
   mesh = train.make_mesh()
-  state = train.replicate(state_lib.create_state(config, jax.random.PRNGKey(0)), mesh)
-  # Each device's slice holds a different constant image: per-slice statistics
-  # would differ from the global ones.
   batch = np.repeat(np.linspace(-1, 1, mesh.size, dtype=np.float32), GLOBAL_BATCH // mesh.size)
   batch = np.broadcast_to(batch[:, None, None, None], (GLOBAL_BATCH, 28, 28, 1)).copy()
-  d = state.discriminator
-
-  @jax.jit
-  def batch_mean_of_bn_input(params, x):
-    _, intermediates = d.apply_fn({"params": params, "batch_stats": d.batch_stats}, x,
-                                  train=True, mutable=["batch_stats"])
-    return intermediates["batch_stats"]["BatchNorm_0"]["mean"]
-
-  sharded_x = train.global_batch(batch, mesh)
-  sharded = batch_mean_of_bn_input(d.params, sharded_x)
-  whole = batch_mean_of_bn_input(jax.device_put(d.params, jax.devices()[0]),
-                                 jax.device_put(batch, jax.devices()[0]))
-  np.testing.assert_allclose(np.asarray(sharded), np.asarray(whole), rtol=1e-5, atol=1e-7)
-  print(json.dumps({"devices": mesh.size, "running_mean_matches_global_batch": True}))
+  sharded = _stats_after_one_step(config, mesh, batch)
+  one_device = train.make_mesh(jax.devices()[:1])
+  whole = _stats_after_one_step(config, one_device, batch)
+  error = assert_trees_close(sharded, whole, "batch_stats, sharded vs 1 device")
+  # What per-device statistics would give: each device's slice stepped alone.
+  slice_size = GLOBAL_BATCH // mesh.size
+  per_slice = [_stats_after_one_step(config, one_device, batch[i:i + slice_size])
+               for i in range(0, GLOBAL_BATCH, slice_size)]
+  slice_gap = min(_max_abs_difference(stats[1], whole[1]) for stats in per_slice)
+  assert slice_gap > 1e3 * max(error, 1e-6), (slice_gap, error)
+  print(json.dumps({"devices": mesh.size, "running_stats_match_global_batch": True,
+                    "max_abs_error_batch_stats": error,
+                    "min_abs_gap_of_per_slice_d_stats": slice_gap}))
 
 
 def check_train(workdir: str, idx_dir: str, num_steps: str, out: str):
-  """Trains the tiny config with the training job; saves the final state's leaves."""
+  """Trains the tiny config with the training job; saves the final state's leaves.
+
+  Reports the final step and the number of steps this run executed (fewer
+  than the final step when it resumed from a checkpoint in `workdir`).
+  """
   config = tolerant_adam(tiny.get_config())
   config.idx_dir = idx_dir
   config.num_steps = int(num_steps)
   config.checkpoint_every = 1_000
+  counter = StepCounter().install()
   state = trainer.train_and_evaluate(config, workdir)
   np.savez(out, *leaves(state))
-  print(json.dumps({"devices": jax.device_count(), "step": int(state.step)}))
+  print(json.dumps({"devices": jax.device_count(), "step": int(state.step),
+                    "steps_run": counter.steps}))
 
 
 def measure_rates(family: str):
   """Steps/s of the sharded step on all devices and on one, same global batch."""
   config = family_config(family)
   rng = np.random.default_rng(0)
-  batches = [rng.uniform(-1, 1, (GLOBAL_BATCH, 28, 28, 1)).astype(np.float32)
+  batches = [rng.uniform(-1, 1, (GLOBAL_BATCH, *config.image_shape)).astype(np.float32)
              for _ in range(11)]
   _, _, all_rate = run_steps(config, train.make_mesh(), batches)
   _, _, one_rate = run_steps(config, train.make_mesh(jax.devices()[:1]), batches)

@@ -13,7 +13,7 @@ import pytest
 from ebgan_jax import checkpoint, data, losses, state as state_lib, train
 from experiments import trainer
 from experiments.configs import fashion_conv, tiny
-from tests import data_fixtures
+from tests import data_fixtures, multidevice
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
@@ -65,12 +65,15 @@ def test_cli_trains_then_samples(idx_dir, tmp_path):
   assert (workdir / "samples.png").stat().st_size > 0
 
 
-def test_resume_is_exact(idx_dir, tmp_path):
+def test_resume_is_exact(idx_dir, tmp_path, monkeypatch):
   straight = trainer.train_and_evaluate(_tiny(idx_dir, num_steps=20), str(tmp_path / "straight"))
   straight = jax.tree.map(np.asarray, straight)
   trainer.train_and_evaluate(_tiny(idx_dir, num_steps=7), str(tmp_path / "resumed"))
+  counter = multidevice.StepCounter().install(monkeypatch.setattr)
   resumed = trainer.train_and_evaluate(_tiny(idx_dir, num_steps=20), str(tmp_path / "resumed"))
   assert int(resumed.step) == 20
+  # Only the 13 remaining steps: retraining from step 0 would end in the same state.
+  assert counter.steps == 13
   assert _leaves_equal(straight, resumed)  # params, batch_stats, Adam moments, step, key
   # And the checkpoints on disk agree.
   manager = checkpoint.create_manager(str(tmp_path / "resumed" / "checkpoints"), keep=2)
@@ -183,6 +186,22 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
   assert "Traceback" not in result.stderr
   error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
   assert len(error_lines) == 1 and error_lines[0].startswith(message)
+
+
+def test_cli_diverged_training_is_one_line_and_exit_3(idx_dir, tmp_path):
+  # Adam moves every parameter by about lr per step: at 1e38, D's first update
+  # leaves weights near float32's largest value, and G's update on them is NaN.
+  workdir = tmp_path / "run"
+  result = _run_cli(f"--config={REPO / 'experiments/configs/tiny.py'}", f"--workdir={workdir}",
+                    f"--config.idx_dir={idx_dir}", "--config.optim_d.learning_rate=1e38",
+                    "--config.optim_g.learning_rate=1e38")
+  assert result.returncode == 3, result.stderr[-4000:]
+  assert "Traceback" not in result.stderr
+  error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert len(error_lines) == 1, result.stderr[-4000:]
+  assert error_lines[0].startswith("error: training diverged: ")
+  assert "no checkpoint was written" in error_lines[0]
+  assert os.listdir(workdir / "checkpoints") == []
 
 
 @pytest.mark.slow

@@ -92,7 +92,7 @@ def _flax_batch_norm(train):
 
 
 class _FlaxConv28Generator(nn.Module):
-  """DESIGN.md's conv28 G with flax's own ConvTranspose, named as models.py names its layers."""
+  """docs/design.md's conv28 G with flax's own ConvTranspose, layers named as in models.py."""
 
   @nn.compact
   def __call__(self, z, train):
@@ -105,7 +105,7 @@ class _FlaxConv28Generator(nn.Module):
 
 
 class _FlaxConv28Discriminator(nn.Module):
-  """DESIGN.md's conv28 D with flax's own Conv and ConvTranspose."""
+  """docs/design.md's conv28 D with flax's own Conv and ConvTranspose."""
 
   @nn.compact
   def __call__(self, x, train):
@@ -209,14 +209,17 @@ def test_trainer_with_steps_per_call_matches_single_steps(idx_dir, tmp_path):
       "samples_0000010.png", "samples_0000014.png"}
 
 
-def test_resume_with_steps_per_call_is_exact(idx_dir, tmp_path):
+def test_resume_with_steps_per_call_is_exact(idx_dir, tmp_path, monkeypatch):
   overrides = {"steps_per_call": K, "log_every": 4, "sample_every": 8, "checkpoint_every": 8}
   straight = trainer.train_and_evaluate(_tiny(idx_dir, num_steps=16, **overrides),
                                         str(tmp_path / "straight"))
   straight = _leaves(straight)
   trainer.train_and_evaluate(_tiny(idx_dir, num_steps=8, **overrides), str(tmp_path / "resumed"))
+  counter = multidevice.StepCounter().install(monkeypatch.setattr)
   resumed = trainer.train_and_evaluate(_tiny(idx_dir, num_steps=16, **overrides),
                                        str(tmp_path / "resumed"))
+  # Steps 8 to 16 only: retraining from step 0 would end in the same state.
+  assert counter.steps == 8 and int(resumed.step) == 16
   assert all(np.array_equal(a, b) for a, b in zip(_leaves(resumed), straight, strict=True))
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ebgan_jax import checkpoint, population as population_lib, state as state_lib, train
-from experiments.configs import tiny
+from experiments.configs import mnist_conv, tiny
 from tests import multidevice
 
 BATCH = 8
@@ -18,8 +18,8 @@ SETTINGS = {  # three members that differ in every setting
 }
 
 
-def _config():
-  config = tiny.get_config()
+def _config(family="mlp"):
+  config = mnist_conv.get_config() if family == "conv28" else tiny.get_config()
   config.batch_size = BATCH
   # Rounding differs between the vmapped and the single step; Adam's eps 1e-8
   # would amplify it to +-lr (see multidevice.tolerant_adam).
@@ -59,24 +59,30 @@ def _learned(state):
           for net in (state.generator, state.discriminator)]
 
 
-def test_each_member_is_the_single_run_with_its_settings():
-  config = _config()
-  batches = _batches(3, 3)
-  population = population_lib.create_population(config, **SETTINGS)
-  assert population.size == 3
+@pytest.mark.parametrize("family, num_members, num_steps", [
+    ("mlp", 3, 3),
+    # BatchNorm in both nets and convolutions under vmap; kept small (conv28 compiles slowly).
+    ("conv28", 2, 2),
+])
+def test_each_member_is_the_single_run_with_its_settings(family, num_members, num_steps):
+  config = _config(family)
+  batches = _batches(num_steps, num_members)
+  settings = {name: values[:num_members] for name, values in SETTINGS.items()}
+  population = population_lib.create_population(config, **settings)
+  assert population.size == num_members
   step = jax.jit(population_lib.population_step)
   metrics = []
   for batch in batches:
     population, m = step(population, batch)
     metrics.append(m)
-  for i in range(3):
+  for i in range(num_members):
     single, single_metrics = _single_run(config, i, batches[:, i])
     member = population.member(i)
-    assert int(member.step) == 3
+    assert int(member.step) == num_steps
     for a, b in zip(jax.tree.leaves(_learned(member)), jax.tree.leaves(_learned(single)),
                     strict=True):
       np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
-    for t in range(3):
+    for t in range(num_steps):
       for name, value in single_metrics[t].items():
         np.testing.assert_allclose(metrics[t][name][i], value, rtol=1e-5, atol=1e-6)
 

@@ -43,14 +43,15 @@ def idx_dir(tmp_path_factory):
                                      height=28, width=28)
 
 
-@pytest.mark.parametrize("family", ["conv28", "mlp"])
+@pytest.mark.parametrize("family", ["conv28", "mlp", "conv64"])
 def test_sharded_step_equals_one_device(family):
   report = _run("check_step_equality", family, 3)
   assert report["devices"] == 8
 
 
 def test_batchnorm_statistics_are_those_of_the_global_batch():
-  assert _run("check_batch_statistics_are_global")["running_mean_matches_global_batch"]
+  report = _run("check_batch_statistics_are_global")
+  assert report["devices"] == 8 and report["running_stats_match_global_batch"]
 
 
 def test_global_batch_must_divide_over_devices():
@@ -76,20 +77,35 @@ def _assert_leaves_close(actual, expected):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_checkpoint_moves_between_8_devices_and_1(idx_dir, tmp_path):
+def test_checkpoint_moves_between_8_devices_and_1(idx_dir, tmp_path, monkeypatch):
   straight = [np.asarray(x) for x in jax.tree.leaves(_tiny_state(idx_dir, tmp_path / "a", 12))]
 
-  # Saved on 8 devices, resumed and finished on 1 (this process).
-  _run("check_train", tmp_path / "b", idx_dir, 6, tmp_path / "b6.npz")
+  # Saved on 8 devices, resumed and finished on 1 (this process). Each resumed
+  # run does only the 6 remaining steps: one that retrained from step 0 would
+  # end in the same state.
+  report = _run("check_train", tmp_path / "b", idx_dir, 6, tmp_path / "b6.npz")
+  assert report == {"devices": 8, "step": 6, "steps_run": 6}
+  counter = multidevice.StepCounter().install(monkeypatch.setattr)
   resumed_on_1 = _tiny_state(idx_dir, tmp_path / "b", 12)
+  assert counter.steps == 6
   _assert_leaves_close([np.asarray(x) for x in jax.tree.leaves(resumed_on_1)], straight)
 
   # Saved on 1 device, resumed and finished on 8.
   _tiny_state(idx_dir, tmp_path / "c", 6)
   report = _run("check_train", tmp_path / "c", idx_dir, 12, tmp_path / "c12.npz")
-  assert report == {"devices": 8, "step": 12}
+  assert report == {"devices": 8, "step": 12, "steps_run": 6}
   resumed_on_8 = np.load(tmp_path / "c12.npz")
   _assert_leaves_close([resumed_on_8[f"arr_{i}"] for i in range(len(straight))], straight)
+
+
+def _image_steps(events) -> list[int]:
+  """The steps of the sample grids in a TensorBoard events file."""
+  # pylint: disable-next=g-import-not-at-top
+  from tensorboard.backend.event_processing import event_accumulator
+
+  accumulator = event_accumulator.EventAccumulator(str(events), size_guidance={"tensors": 0})
+  accumulator.Reload()
+  return [event.step for event in accumulator.Tensors("samples")]
 
 
 def test_two_processes_train_as_one(idx_dir, tmp_path):
@@ -122,10 +138,18 @@ def test_two_processes_train_as_one(idx_dir, tmp_path):
   assert all("global batch 16 over 4 devices in 2 processes" in log for log in logs)
   assert sorted(os.listdir(workdir / "checkpoints")) == ["4"]
   assert [p.name for p in workdir.glob("samples_*.png")] == ["samples_0000004.png"]
+  # Only process 0 writes TensorBoard events and sample grids; process 1 logs
+  # its metrics to its own stderr only (clu's just_logging writer).
+  events = list(workdir.glob("events.out.tfevents.*"))
+  assert len(events) == 1, events
+  assert _image_steps(events[0]) == [4]
+  assert "[4] Got images: {'samples'" in logs[0]
+  assert "Got images" not in logs[1]
+  assert all("] [4] d_loss=" in log for log in logs)
 
   config = multidevice.tolerant_adam(tiny.get_config())
   config.idx_dir = str(idx_dir)
-  shards = [data.create_dataset(config, process_index=i, process_count=2, device_count=4)[0]
+  shards = [data.create_dataset(config, process_index=i, process_count=2)[0]
             for i in (0, 1)]
   batches = [np.concatenate([next(shard) for shard in shards]) for _ in range(4)]
   reference, _, _ = multidevice.run_steps(config, train.make_mesh(), batches)

@@ -1,5 +1,6 @@
 """The train step: which gradients flow where, determinism, compile-once, in place, sampling."""
 
+import itertools
 import re
 
 import jax
@@ -176,6 +177,65 @@ def test_state_is_donated_and_updated_in_place(make_step, batch):
   leaves = jax.tree.leaves(state)
   step(state, batch)
   assert all(leaf.is_deleted() for leaf in leaves)
+
+
+def _equal_pairs(arrays) -> list[tuple[int, int]]:
+  return [(i, j) for (i, a), (j, b) in itertools.combinations(enumerate(arrays), 2)
+          if np.array_equal(a, b)]
+
+
+def test_every_update_draws_its_own_z(monkeypatch):
+  """A fresh z per step, and another one for G's update than for D's in the same step."""
+  z_d, z_g = [], []
+  real_update_d, real_update_g = train.update_discriminator, train.update_generator
+
+  def update_discriminator(state, real, z, dropout_key, **kwargs):
+    z_d.append(np.asarray(z))
+    return real_update_d(state, real, z, dropout_key, **kwargs)
+
+  def update_generator(state, z, dropout_key, **kwargs):
+    z_g.append(np.asarray(z))
+    return real_update_g(state, z, dropout_key, **kwargs)
+
+  monkeypatch.setattr(train, "update_discriminator", update_discriminator)
+  monkeypatch.setattr(train, "update_generator", update_generator)
+  state = _state("mlp")
+  for i in range(3):
+    # Not jitted, so that the z reach the wrappers as values.
+    state, _ = train.train_step(state, _batch(seed=i), margin=0.3, lambda_pt=0.1)
+  assert len(z_d) == len(z_g) == 3
+  assert all(z.shape == (BATCH, state.z_dim) for z in z_d + z_g)
+  assert _equal_pairs(z_d + z_g) == []  # D's z of steps 0-2, then G's
+
+
+def test_dropout_masks_differ_between_passes_and_steps(monkeypatch):
+  """D's dropout draws a new mask for each of its passes (real, fake, G's update) and step.
+
+  The keys that reach D are replayed on one input: equal keys, or keys that
+  gave equal masks, would give equal outputs.
+  """
+  config = _config("mlp")
+  config.model.dropout_d = 0.5
+  state = state_lib.create_state(config, jax.random.PRNGKey(0))
+  d_keys = []
+  real_apply_train = train._apply_train
+
+  def apply_train(net, params, x, dropout_key):
+    if x.ndim == 4:  # D's input is images, G's is z
+      d_keys.append(np.asarray(dropout_key))
+    return real_apply_train(net, params, x, dropout_key)
+
+  monkeypatch.setattr(train, "_apply_train", apply_train)
+  for i in range(2):
+    state, _ = train.train_step(state, _batch(seed=i), margin=0.3, lambda_pt=0.1)
+  assert len(d_keys) == 6  # per step: D's update on real, then fake; G's update
+
+  d = state.discriminator
+  x = jnp.ones((1, 28, 28, 1))
+  outputs = [np.asarray(d.apply_fn({"params": d.params, "batch_stats": d.batch_stats}, x,
+                                   train=True, mutable=["batch_stats"],
+                                   rngs={"dropout": key})[0][0]) for key in d_keys]
+  assert _equal_pairs(outputs) == []
 
 
 def test_generate_in_eval_mode():
