@@ -1,5 +1,8 @@
-"""Reference architectures: shapes, ranges, train/eval behaviour, the registry."""
+"""Reference architectures: the contract of every family, the registry, the matmul convolutions."""
 
+import dataclasses
+import functools
+import math
 import re
 
 import flax.linen as nn
@@ -16,30 +19,228 @@ MLP_PAPER_BEST = {"family": "mlp", "n_layer_g": 5, "size_g": 1600,
 
 
 def _param_count(variables) -> int:
-  return sum(x.size for x in jax.tree.leaves(variables["params"]))
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(variables["params"]))
+
+
+def _key(seed: int) -> jax.Array:
+  """A PRNG key of XLA's RngBitGenerator, for speed.
+
+  It compiles several times faster on CPU than threefry, whose compilation in
+  the nets' initialisers dominated these tests' time; the tests need no
+  particular random numbers.
+  """
+  return jax.random.key(seed, impl="rbg")
 
 
 def _init(model_config, image_shape=(28, 28, 1), z_dim=64):
   generator, discriminator = models.build_models(model_config, image_shape)
-  g_vars = generator.init(jax.random.PRNGKey(0), jnp.zeros((2, z_dim)), train=False)
-  d_vars = discriminator.init(jax.random.PRNGKey(1), jnp.zeros((2, *image_shape)), train=False)
+  init = lambda module, key, x: jax.jit(functools.partial(module.init, train=False))(key, x)
+  g_vars = init(generator, _key(0), jnp.zeros((2, z_dim)))
+  d_vars = init(discriminator, _key(1), jnp.zeros((2, *image_shape)))
   return generator, discriminator, g_vars, d_vars
 
 
+# --- The contract of every family --------------------------------------------
+#
+# Every family registered in models.FAMILIES is held to the contract that the
+# step (ebgan_jax/train.py) relies on, with a small configuration of its own
+# from CONTRACT_CONFIGS: its fields (small widths, a non-zero rate for every
+# dropout field) and the image shape it needs. A family without an entry fails
+# every contract test, so that registering one cannot skip them.
+
+CONTRACT_CONFIGS = {
+    "conv28": ({"embedding_dim": 8}, (28, 28, 1)),
+    "mlp": ({"n_layer_g": 3, "size_g": 32, "n_layer_d": 3, "size_d": 16, "dropout_d": 0.5},
+            (28, 28, 1)),
+    "conv64": ({"g_width": 16, "d_width": 4}, (64, 64, 3)),
+    "conv128": ({"g_width": 16, "d_width": 4}, (128, 128, 3)),
+}
+CONTRACT_BATCH = 3  # > 1, so that BatchNorm has batch statistics
+CONTRACT_Z_DIM = 8
+FAMILY_NAMES = sorted(models.FAMILIES)
+NETS = ("generator", "discriminator")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Net:
+  """One initialised net of a family, and an input batch for it."""
+
+  module: nn.Module
+  variables: dict
+  inputs: jax.Array
+
+  def apply(self, train: bool, dropout_seed: int = 0):
+    """(outputs, batch_stats after the call) in train or eval mode."""
+    outputs, updates = self._jitted_apply(self.variables, self.inputs, _key(dropout_seed),
+                                          train)
+    return outputs, updates.get("batch_stats", {})
+
+  @functools.cached_property
+  def _jitted_apply(self):
+    # Compiled once per mode: op-by-op dispatch of the big families' layers is far slower.
+    def apply(variables, inputs, dropout_key, train):
+      return self.module.apply(variables, inputs, train=train, mutable=["batch_stats"],
+                               rngs={"dropout": dropout_key})
+    return jax.jit(apply, static_argnums=3)
+
+  @property
+  def batch_stats(self) -> dict:
+    return self.variables.get("batch_stats", {})
+
+  def dropout_rates(self) -> dict[str, float]:
+    return {field.name: getattr(self.module, field.name)
+            for field in dataclasses.fields(self.module) if "dropout" in field.name}
+
+
+def _contract_config(family: str):
+  if family not in CONTRACT_CONFIGS:
+    pytest.fail(f"add a small config for family {family} to the contract tests "
+                f"(CONTRACT_CONFIGS in tests/test_models.py)")
+  fields, image_shape = CONTRACT_CONFIGS[family]
+  return {"family": family, **fields}, image_shape
+
+
+@functools.cache
+def _contract_nets(family: str) -> dict[str, _Net]:
+  """The family's generator and discriminator, initialised as state.create_state does."""
+  model_config, image_shape = _contract_config(family)
+  rng = np.random.default_rng(0)
+  z = jnp.asarray(rng.uniform(-1.0, 1.0, (CONTRACT_BATCH, CONTRACT_Z_DIM)), jnp.float32)
+  images = jnp.asarray(rng.uniform(-1.0, 1.0, (CONTRACT_BATCH, *image_shape)), jnp.float32)
+  generator, discriminator, g_vars, d_vars = _init(model_config, image_shape, CONTRACT_Z_DIM)
+  return {"generator": _Net(generator, g_vars, z),
+          "discriminator": _Net(discriminator, d_vars, images)}
+
+
+def _assert_images(x, shape, what):
+  assert x.shape == shape, f"{what}: shape {x.shape}, expected {shape}"
+  assert x.dtype == jnp.float32, f"{what}: dtype {x.dtype}, expected float32"
+  assert bool(jnp.all(jnp.abs(x) <= 1.0)), f"{what}: values outside [-1, 1]"
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_every_family_has_a_contract_config(family):
+  model_config, image_shape = _contract_config(family)
+  assert len(image_shape) == 3, f"the contract image_shape of {family} must be (H, W, C)"
+  models.build_models(model_config, image_shape)  # the config is one the family accepts
+
+
+def test_contract_configs_name_registered_families():
+  stale = sorted(set(CONTRACT_CONFIGS) - set(models.FAMILIES))
+  assert not stale, f"CONTRACT_CONFIGS has entries for unregistered families {stale}"
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_generator_makes_images_in_range(family, train):
+  _, image_shape = _contract_config(family)
+  images, _ = _contract_nets(family)["generator"].apply(train)
+  _assert_images(images, (CONTRACT_BATCH, *image_shape), f"{family} generator")
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_discriminator_returns_reconstruction_and_embedding(family, train):
+  net = _contract_nets(family)["discriminator"]
+  outputs, _ = net.apply(train)
+  assert isinstance(outputs, tuple) and len(outputs) == 2, \
+      f"{family} discriminator must return (reconstruction, embedding)"
+  reconstruction, embedding = outputs
+  _assert_images(reconstruction, net.inputs.shape, f"{family} reconstruction")
+  assert embedding.ndim == 2 and embedding.shape[0] == CONTRACT_BATCH, \
+      f"{family} embedding: shape {embedding.shape}, expected ({CONTRACT_BATCH}, d)"
+  assert embedding.dtype == jnp.float32
+  assert bool(jnp.all(jnp.isfinite(embedding)))
+
+
+@pytest.mark.parametrize("net_name", NETS)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_batch_stats_advance_in_training_only(family, net_name):
+  net = _contract_nets(family)[net_name]
+  _, eval_stats = net.apply(train=False)
+  _, train_stats = net.apply(train=True)
+  if not net.batch_stats:  # no BatchNorm in this net: nothing may appear either
+    assert not train_stats and not eval_stats
+    return
+  unchanged = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), net.batch_stats, eval_stats)
+  assert all(jax.tree.leaves(unchanged)), f"{family} {net_name}: train=False changed batch_stats"
+  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), net.batch_stats, train_stats)
+  assert all(jax.tree.leaves(changed)), \
+      f"{family} {net_name}: train=True left some batch_stats as they were: {changed}"
+  # Batch statistics in training, running averages (mean 0, variance 1 at init) in eval.
+  train_out, _ = net.apply(train=True)
+  eval_out, _ = net.apply(train=False)
+  assert not jnp.allclose(jax.tree.leaves(train_out)[0], jax.tree.leaves(eval_out)[0])
+
+
+@pytest.mark.parametrize("net_name", NETS)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_eval_mode_is_deterministic(family, net_name):
+  net = _contract_nets(family)[net_name]
+  first, _ = net.apply(train=False, dropout_seed=0)
+  second, _ = net.apply(train=False, dropout_seed=1)
+  for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second)):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("net_name", NETS)
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_dropout_is_keyed_and_training_only(family, net_name):
+  """With dropout, train=True depends on the dropout key (and only on it); without, on neither."""
+  net = _contract_nets(family)[net_name]
+  rates = net.dropout_rates()
+  if rates:
+    assert any(rate > 0 for rate in rates.values()), \
+        f"give the contract config of {family} a non-zero {net_name} dropout rate: {rates}"
+  first, _ = net.apply(train=True, dropout_seed=0)
+  again, _ = net.apply(train=True, dropout_seed=0)
+  other, _ = net.apply(train=True, dropout_seed=1)
+  for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again)):
+    np.testing.assert_array_equal(a, b)
+  same_for_other_key = all(bool(jnp.array_equal(a, b))
+                           for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(other)))
+  if rates:
+    assert not same_for_other_key, f"{family} {net_name}: dropout ignores its key"
+  else:
+    assert same_for_other_key, f"{family} {net_name} has no dropout field but uses the key"
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_outputs_stay_float32_when_computing_in_bfloat16(family):
+  model_config, image_shape = _contract_config(family)
+  generator, discriminator = models.build_models(model_config, image_shape, "bfloat16")
+  nets = _contract_nets(family)
+
+  def forward(g_vars, d_vars, z):
+    images = generator.apply(g_vars, z, train=False)
+    return (images, *discriminator.apply(d_vars, images, train=False))
+
+  # Shapes and dtypes only: traced, not compiled.
+  images, reconstruction, embedding = jax.eval_shape(
+      forward, nets["generator"].variables, nets["discriminator"].variables,
+      nets["generator"].inputs)
+  assert images.dtype == reconstruction.dtype == embedding.dtype == jnp.float32
+  assert images.shape == reconstruction.shape == (CONTRACT_BATCH, *image_shape)
+
+
+# --- Family-specific variants ------------------------------------------------
+
+
 @pytest.mark.parametrize("model_config, image_shape", [
-    ({"family": "conv28"}, (28, 28, 1)),
     ({"family": "conv28", "embedding_dim": 8}, (28, 28, 3)),
     ({"family": "mlp", "n_layer_g": 3, "size_g": 32, "n_layer_d": 3, "size_d": 16}, (28, 28, 1)),
     ({"family": "mlp", "n_layer_g": 1, "size_g": 32, "n_layer_d": 2, "size_d": 16}, (8, 6, 2)),
 ])
-def test_shapes_and_ranges(model_config, image_shape):
+def test_variant_shapes_and_embedding_sizes(model_config, image_shape):
+  """Beyond the contract configs: other channel counts and image shapes, the embedding's size."""
   generator, discriminator, g_vars, d_vars = _init(model_config, image_shape, z_dim=10)
-  z = jax.random.uniform(jax.random.PRNGKey(2), (5, 10), minval=-1, maxval=1)
-  images = generator.apply(g_vars, z, train=False)
+  z = jax.random.uniform(_key(2), (5, 10), minval=-1, maxval=1)
+  images = jax.jit(functools.partial(generator.apply, train=False))(g_vars, z)
   assert images.shape == (5, *image_shape)
   assert jnp.all(jnp.abs(images) <= 1.0)
 
-  reconstruction, embedding = discriminator.apply(d_vars, images, train=False)
+  reconstruction, embedding = jax.jit(functools.partial(discriminator.apply, train=False))(
+      d_vars, images)
   assert reconstruction.shape == images.shape
   assert jnp.all(jnp.abs(reconstruction) <= 1.0)
   expected_dim = model_config.get("embedding_dim", 32) if model_config["family"] == "conv28" \
@@ -47,38 +248,32 @@ def test_shapes_and_ranges(model_config, image_shape):
   assert embedding.shape == (5, expected_dim)
 
 
-def test_documented_parameter_counts():
+# The configurations whose parameter counts models.py's docstring gives:
+# (fields, image_shape, z_dim).
+DOCUMENTED_COUNTS = {
+    "conv28": ({"family": "conv28"}, (28, 28, 1), 64),
+    "mlp": (MLP_PAPER_BEST, (28, 28, 1), 64),
+    "conv64": ({"family": "conv64"}, (64, 64, 3), 100),
+    "conv128": ({"family": "conv128"}, (128, 128, 3), 100),
+}
+
+
+@pytest.mark.parametrize("family", sorted(DOCUMENTED_COUNTS))
+def test_documented_parameter_counts(family):
   """The counts in models.py's docstring are the real ones."""
-  for family, model_config in [("conv28", {"family": "conv28"}), ("mlp", MLP_PAPER_BEST)]:
-    _, _, g_vars, d_vars = _init(model_config)
-    line = re.search(rf'"{family}"\s+G ([\d,]+)\s+D ([\d,]+)', models.__doc__)
-    assert line, f"no parameter count line for {family}"
-    assert _param_count(g_vars) == int(line.group(1).replace(",", ""))
-    assert _param_count(d_vars) == int(line.group(2).replace(",", ""))
-
-
-def test_batchnorm_uses_batch_statistics_only_in_training():
-  generator, _, g_vars, _ = _init({"family": "conv28"})
-  z = jax.random.uniform(jax.random.PRNGKey(3), (8, 64), minval=-1, maxval=1)
-  train_out, updates = generator.apply(g_vars, z, train=True, mutable=["batch_stats"])
-  eval_out = generator.apply(g_vars, z, train=False)
-  assert not jnp.allclose(train_out, eval_out)
-  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), g_vars["batch_stats"],
-                         updates["batch_stats"])
-  assert all(jax.tree.leaves(changed))
-
-
-def test_mlp_dropout_only_in_training():
-  model_config = {"family": "mlp", "n_layer_g": 2, "size_g": 16, "n_layer_d": 3, "size_d": 16,
-                  "dropout_d": 0.5}
-  _, discriminator, _, d_vars = _init(model_config)
-  x = jax.random.uniform(jax.random.PRNGKey(4), (4, 28, 28, 1), minval=-1, maxval=1)
-  eval_a = discriminator.apply(d_vars, x, train=False)
-  eval_b = discriminator.apply(d_vars, x, train=False)
-  train_a = discriminator.apply(d_vars, x, train=True, rngs={"dropout": jax.random.PRNGKey(5)})
-  train_b = discriminator.apply(d_vars, x, train=True, rngs={"dropout": jax.random.PRNGKey(6)})
-  assert jnp.array_equal(eval_a[0], eval_b[0])
-  assert not jnp.allclose(train_a[0], train_b[0])
+  if family not in models.FAMILIES:
+    pytest.skip(f"family {family} is not registered")
+  model_config, image_shape, z_dim = DOCUMENTED_COUNTS[family]
+  generator, discriminator = models.build_models(model_config, image_shape)
+  # Shapes only: jax.eval_shape traces the initialisers without running them.
+  g_vars = jax.eval_shape(functools.partial(generator.init, train=False), _key(0),
+                          jnp.zeros((2, z_dim)))
+  d_vars = jax.eval_shape(functools.partial(discriminator.init, train=False), _key(1),
+                          jnp.zeros((2, *image_shape)))
+  line = re.search(rf'"{family}"\s+G ([\d,]+)\s+D ([\d,]+)', models.__doc__)
+  assert line, f"no parameter count line for {family}"
+  assert _param_count(g_vars) == int(line.group(1).replace(",", ""))
+  assert _param_count(d_vars) == int(line.group(2).replace(",", ""))
 
 
 def test_build_models_accepts_config_dict():
@@ -90,7 +285,7 @@ def test_build_models_accepts_config_dict():
 
 @pytest.mark.parametrize("model_config, image_shape, message", [
     ({"family": "resnet"}, (28, 28, 1),
-     "unknown model family 'resnet'; known families: conv28, mlp"),
+     f"unknown model family 'resnet'; known families: {', '.join(models.FAMILIES)}"),
     ({}, (28, 28, 1), "unknown model family None"),
     ({"family": "conv28", "width": 3}, (28, 28, 1), "bad fields for model family 'conv28'"),
     ({"family": "conv28"}, (32, 32, 3), "needs 28x28 images"),
