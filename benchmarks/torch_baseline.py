@@ -1,12 +1,13 @@
 """PyTorch eager reference of the EBGAN train step, the baseline of the README's performance table.
 
-The same nets (models.py "conv28" and "mlp"), the same objective (losses.py)
+The same nets (models.py "conv28", "mlp" and "conv64"), the same objective (losses.py)
 and the same step (train.py: one D update, then one G update on fresh z) as
 ebgan_jax, written as plain PyTorch eager code (no torch.compile: it was
 measured slower on this CPU), so that benchmarks/step_throughput.py has a
 baseline measured on the same machine. Each family uses its experiment
 config's objective: conv28 as mnist_conv (per-pixel mean energy, m = 0.3,
-Adam lr 2e-4 for both nets: G's default of 4e-4 changes no work), mlp as
+Adam lr 2e-4 for both nets: G's default of 4e-4 changes no work; conv64, on
+64x64x3 images with z_dim 100, the same), mlp as
 mnist_mlp (L2-norm energy, m = 10, Adam lr 1e-3); lambda_pt = 0.1, Adam b1
 0.5, b2 0.999, eps 1e-8 for both. Only the weight initialisation differs
 (torch's defaults), which does not change the work.
@@ -17,6 +18,7 @@ torch is NOT a dependency of the project; install it in a separate venv:
   /tmp/torchenv/bin/pip install torch==2.13.0 numpy   # or a local CPU wheel of it
   /tmp/torchenv/bin/python benchmarks/torch_baseline.py --family conv28 --batch 64
   /tmp/torchenv/bin/python benchmarks/torch_baseline.py --all --threads 2
+  /tmp/torchenv/bin/python benchmarks/torch_baseline.py --family conv64 --steps 20 --warmup 4
 
 Like step_throughput.py: 8 distinct random batches in [-1, 1] cycled, --warmup
 steps untimed, then --repeats timed runs of --steps steps; one JSON line per
@@ -34,12 +36,15 @@ import numpy as np
 import torch
 from torch import nn
 
-Z_DIM = 64
 LAMBDA_PT = 0.1
 NUM_BATCHES = 8
-# Per family, as in experiments/configs/mnist_conv.py and mnist_mlp.py.
+# Per family, as in experiments/configs/mnist_conv.py and mnist_mlp.py; conv64
+# takes mnist_conv's objective, as benchmarks/step_throughput.py does.
 OBJECTIVE = {"conv28": {"reduction": "mean", "margin": 0.3, "lr": 2e-4},
-             "mlp": {"reduction": "norm", "margin": 10.0, "lr": 1e-3}}
+             "mlp": {"reduction": "norm", "margin": 10.0, "lr": 1e-3},
+             "conv64": {"reduction": "mean", "margin": 0.3, "lr": 2e-4}}
+Z_DIM = {"conv28": 64, "mlp": 64, "conv64": 100}
+IMAGE_SHAPE = {"conv28": (1, 28, 28), "mlp": (1, 28, 28), "conv64": (3, 64, 64)}  # (C, H, W)
 
 
 def _dense_bn_relu(n_in, n_out):
@@ -52,9 +57,14 @@ def _convt2x(c_in, c_out, bias):
   return nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=bias)
 
 
+def _conv2x(c_in, c_out, bias):
+  # Kernel 4, stride 2, padding 1 halves H and W, as flax's padding="SAME" does.
+  return nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=bias)
+
+
 def conv28_generator():
   return nn.Sequential(
-      *_dense_bn_relu(Z_DIM, 1024), *_dense_bn_relu(1024, 7 * 7 * 128),
+      *_dense_bn_relu(Z_DIM["conv28"], 1024), *_dense_bn_relu(1024, 7 * 7 * 128),
       nn.Unflatten(1, (128, 7, 7)),
       _convt2x(128, 64, bias=False), nn.BatchNorm2d(64), nn.ReLU(),   # 14x14
       _convt2x(64, 1, bias=True), nn.Tanh())                          # 28x28
@@ -76,8 +86,42 @@ class Conv28Discriminator(nn.Module):
     return self.decoder(embedding), embedding
 
 
+def conv64_generator(g_width=512, z_dim=100, channels=3):
+  """z -> Linear 4*4*512 -> BN, ReLU -> 3 x [ConvT, BN, ReLU] (halving) -> ConvT C (64x64), tanh."""
+  layers = [nn.Linear(z_dim, 4 * 4 * g_width, bias=False), nn.Unflatten(1, (g_width, 4, 4)),
+            nn.BatchNorm2d(g_width), nn.ReLU()]
+  width = g_width
+  for _ in range(3):  # 8x8, 16x16, 32x32
+    layers += [_convt2x(width, width // 2, bias=False), nn.BatchNorm2d(width // 2), nn.ReLU()]
+    width //= 2
+  return nn.Sequential(*layers, _convt2x(width, channels, bias=True), nn.Tanh())
+
+
+class Conv64Discriminator(nn.Module):
+  """Encoder (64)4c2s-(128)4c2s-(256)4c2s, leaky ReLU 0.2 (its output is S), decoder the mirror.
+
+  BatchNorm after every layer but the first encoder one and the last decoder one.
+  """
+
+  def __init__(self, d_width=64, channels=3):
+    super().__init__()
+    w = d_width
+    self.encoder = nn.Sequential(
+        _conv2x(channels, w, bias=True), nn.LeakyReLU(0.2),
+        _conv2x(w, 2 * w, bias=False), nn.BatchNorm2d(2 * w), nn.LeakyReLU(0.2),
+        _conv2x(2 * w, 4 * w, bias=False), nn.BatchNorm2d(4 * w), nn.LeakyReLU(0.2))
+    self.decoder = nn.Sequential(
+        _convt2x(4 * w, 2 * w, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(),
+        _convt2x(2 * w, w, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+        _convt2x(w, channels, bias=True), nn.Tanh())
+
+  def forward(self, x):
+    h = self.encoder(x)
+    return self.decoder(h), h.flatten(1)
+
+
 def mlp_generator(n_layer_g=5, size_g=1600):
-  layers, n_in = [], Z_DIM
+  layers, n_in = [], Z_DIM["mlp"]
   for _ in range(n_layer_g - 1):
     layers += _dense_bn_relu(n_in, size_g)
     n_in = size_g
@@ -143,10 +187,13 @@ def adam(params, lr):
 
 
 def make_step(family):
-  g, d = (conv28_generator(), Conv28Discriminator()) if family == "conv28" else (
-      mlp_generator(), MLPDiscriminator())
+  g, d = {"conv28": (conv28_generator, Conv28Discriminator),
+          "mlp": (mlp_generator, MLPDiscriminator),
+          "conv64": (conv64_generator, Conv64Discriminator)}[family]
+  g, d = g(), d()
   g.train(), d.train()
   obj = OBJECTIVE[family]
+  z_dim = Z_DIM[family]
   opt_g, opt_d = adam(g.parameters(), obj["lr"]), adam(d.parameters(), obj["lr"])
   g_params = list(g.parameters())
 
@@ -154,7 +201,7 @@ def make_step(family):
     n = real.shape[0]
     # D update: G(z) is a constant; real and fake go through D separately.
     with torch.no_grad(), frozen_bn_stats(g):
-      fake = g(torch.rand(n, Z_DIM) * 2 - 1)
+      fake = g(torch.rand(n, z_dim) * 2 - 1)
     rec_real, _ = d(real)
     rec_fake, _ = d(fake)
     e_real = energy(real, rec_real, obj["reduction"])
@@ -165,7 +212,7 @@ def make_step(family):
     opt_d.step()
 
     # G update on fresh z: G(z) is both D's input and the (not detached) target.
-    fake = g(torch.rand(n, Z_DIM) * 2 - 1)
+    fake = g(torch.rand(n, z_dim) * 2 - 1)
     with frozen_bn_stats(d):
       rec_fake, embedding = d(fake)
     g_loss = energy(fake, rec_fake, obj["reduction"]).mean() + LAMBDA_PT * pulling_away(embedding)
@@ -181,7 +228,7 @@ def measure(family, batch, args):
   torch.manual_seed(0)
   step = make_step(family)
   rng = np.random.default_rng(0)
-  batches = [torch.from_numpy(rng.uniform(-1, 1, (batch, 1, 28, 28)).astype(np.float32))
+  batches = [torch.from_numpy(rng.uniform(-1, 1, (batch, *IMAGE_SHAPE[family])).astype(np.float32))
              for _ in range(NUM_BATCHES)]
 
   def run(num_steps):  # eager CPU ops are synchronous: the loop's end is the work's end
@@ -212,18 +259,19 @@ def measure(family, batch, args):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--family", choices=["conv28", "mlp"], default="conv28")
+  parser.add_argument("--family", choices=["conv28", "mlp", "conv64"], default="conv28")
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--steps", type=int, default=200, help="steps timed per repeat")
   parser.add_argument("--warmup", type=int, default=20, help="steps run before timing")
   parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported")
   parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
   parser.add_argument("--all", action="store_true",
-                      help="conv28 and mlp at batch 64 and 256 (overrides --family and --batch)")
+                      help="conv28 and mlp at batch 64 and 256, conv64 at 64 (overrides --family "
+                      "and --batch)")
   args = parser.parse_args()
   torch.set_num_threads(args.threads)
-  settings = ([(f, b) for f in ("conv28", "mlp") for b in (64, 256)] if args.all
-              else [(args.family, args.batch)])
+  settings = ([(f, b) for f in ("conv28", "mlp") for b in (64, 256)] + [("conv64", 64)]
+              if args.all else [(args.family, args.batch)])
   for family, batch in settings:
     print(json.dumps(measure(family, batch, args)), flush=True)
 

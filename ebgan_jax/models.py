@@ -1,4 +1,4 @@
-"""Reference generator / auto-encoder discriminator pairs (DESIGN.md).
+"""Reference generator / auto-encoder discriminator pairs (docs/design.md).
 
 Every generator maps z (N, z_dim) to images (N, H, W, C) in [-1, 1]; every
 discriminator maps images to `(reconstruction, embedding)`, the embedding
@@ -14,6 +14,15 @@ work in float32.
 Families (trainable parameters for 28x28x1 images, z_dim 64):
   "conv28"  G 6,634,881   D 830,049    (embedding_dim 32)
   "mlp"     G 9,050,384   D 1,607,440  (the paper's best: 5 x 1600 / 2 x 1024)
+The paper's high-resolution families (its Appendix C; RGB images, z_dim 100):
+  "conv64"   G 3,576,707   D 1,318,083   (64x64x3, LSUN / CelebA; S is 8x8x256)
+  "conv128"  G 12,850,883  D 5,513,923   (128x128x3, ImageNet; S is 8x8x512)
+
+Every 4x4 stride-2 convolution is either flax's own layer ("native") or its
+matmul form (Conv2x, ConvTranspose2x): `conv_impl_for` picks one per
+platform when `build_models` runs. Both have the same parameters (names and
+shapes) and compute the same function, so checkpoints move between CPU and
+accelerators.
 """
 
 import functools
@@ -86,14 +95,14 @@ class Conv2x(nn.Module):
   """
 
   features: int
+  use_bias: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     n, h, w, c_in = x.shape
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (4, 4, c_in, self.features))
-    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
     pads = jax.lax.padtype_to_pads((h, w), (4, 4), (2, 2), "SAME")
     padded = jnp.pad(x, ((0, 0), *pads, (0, 0)))
     out_h, out_w = -(-h // 2), -(-w // 2)
@@ -102,7 +111,52 @@ class Conv2x(nn.Module):
                          for ki in range(4) for kj in range(4)], axis=3)
     y = jnp.dot(patches.reshape(n, out_h, out_w, 16 * c_in),
                 kernel.reshape(16 * c_in, self.features))
-    return y + bias
+    if self.use_bias:
+      y += self.param("bias", nn.initializers.zeros_init(), (self.features,)).astype(self.dtype)
+    return y
+
+
+CONV_IMPLS = ("native", "matmul")
+
+
+def conv_impl_for(platform: str) -> str:
+  """The form of the 4x4 stride-2 convolutions on a JAX platform ("cpu", "gpu", "tpu").
+
+  The one place that chooses: "matmul" (Conv2x, ConvTranspose2x) on XLA:CPU,
+  where it was measured faster, flax's native layers everywhere else.
+  """
+  # Measured on the project's 2-core CPU (XLA:CPU, float32, batch 64; other
+  # engineers' jobs may have run): value_and_grad of each conv64 layer, median ms,
+  #   ConvT 512->256 from 4x4    matmul  75  native   852
+  #   ConvT 256->128 from 8x8    matmul 107  native 1,484
+  #   ConvT 128->64 from 16x16   matmul 198  native 3,858
+  #   ConvT 64->3 from 32x32     matmul  23  native    79
+  #   Conv 3->64 at 64x64        matmul  97  native    81
+  #   Conv 64->128 at 32x32      matmul 122  native   148
+  #   Conv 128->256 at 16x16     matmul  74  native    83
+  # and conv64's whole train step, back to back in one process: 1.49-1.55 s
+  # all matmul, 1.59-1.60 s with native Conv and matmul ConvT. conv28's step:
+  # 17.3 -> 18.3 steps/s with Conv2x (README, "Performance"). So on CPU every
+  # 4x4 stride-2 layer takes the matmul form.
+  return "matmul" if platform == "cpu" else "native"
+
+
+def _conv(conv_impl: str, features: int, *, name: str, use_bias: bool = True,
+          dtype: Any = jnp.float32) -> nn.Module:
+  """nn.Conv(features, (4, 4), (2, 2), "SAME") in the form `conv_impl` names."""
+  if conv_impl == "matmul":
+    return Conv2x(features, use_bias=use_bias, dtype=dtype, name=name)
+  return nn.Conv(features, (4, 4), strides=(2, 2), padding="SAME", use_bias=use_bias,
+                 dtype=dtype, name=name)
+
+
+def _conv_transpose(conv_impl: str, features: int, *, name: str, use_bias: bool = True,
+                    dtype: Any = jnp.float32) -> nn.Module:
+  """nn.ConvTranspose(features, (4, 4), (2, 2), "SAME") in the form `conv_impl` names."""
+  if conv_impl == "matmul":
+    return ConvTranspose2x(features, use_bias=use_bias, dtype=dtype, name=name)
+  return nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME", use_bias=use_bias,
+                          dtype=dtype, name=name)
 
 
 class Conv28Generator(nn.Module):
@@ -110,6 +164,7 @@ class Conv28Generator(nn.Module):
 
   image_shape: tuple[int, int, int] = (28, 28, 1)
   dtype: Any = jnp.float32
+  conv_impl: str = "native"  # one of CONV_IMPLS
 
   @nn.compact
   def __call__(self, z: jax.Array, train: bool) -> jax.Array:
@@ -117,10 +172,13 @@ class Conv28Generator(nn.Module):
     x = nn.relu(_batch_norm(train, self.dtype)(dense(1024)(z)))
     x = nn.relu(_batch_norm(train, self.dtype)(dense(7 * 7 * 128)(x)))
     x = x.reshape(-1, 7, 7, 128)
-    x = ConvTranspose2x(64, use_bias=False, dtype=self.dtype)(x)
+    # The names of the first checkpoints (the matmul layer's auto-name, then
+    # the flax layer's), kept in both forms so that those checkpoints restore.
+    x = _conv_transpose(self.conv_impl, 64, use_bias=False, dtype=self.dtype,
+                        name="ConvTranspose2x_0")(x)
     x = nn.relu(_batch_norm(train, self.dtype)(x))
-    # Named as the nn.ConvTranspose it computes, so the parameters keep their names.
-    x = ConvTranspose2x(self.image_shape[-1], dtype=self.dtype, name="ConvTranspose_0")(x)
+    x = _conv_transpose(self.conv_impl, self.image_shape[-1], dtype=self.dtype,
+                        name="ConvTranspose_0")(x)
     return jnp.tanh(x).astype(jnp.float32)
 
 
@@ -130,15 +188,16 @@ class Conv28Discriminator(nn.Module):
   image_shape: tuple[int, int, int] = (28, 28, 1)
   embedding_dim: int = 32
   dtype: Any = jnp.float32
+  conv_impl: str = "native"  # one of CONV_IMPLS
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
-    # The conv layers are named as the flax layers they compute (Conv_0, ConvTranspose_0).
-    h = nn.relu(Conv2x(64, dtype=self.dtype, name="Conv_0")(x))
+    h = nn.relu(_conv(self.conv_impl, 64, dtype=self.dtype, name="Conv_0")(x))
     embedding = nn.Dense(self.embedding_dim, dtype=self.dtype)(h.reshape(h.shape[0], -1))
     h = nn.Dense(14 * 14 * 64, use_bias=False, dtype=self.dtype)(embedding)
     h = nn.relu(_batch_norm(train, self.dtype)(h)).reshape(-1, 14, 14, 64)
-    h = ConvTranspose2x(self.image_shape[-1], dtype=self.dtype, name="ConvTranspose_0")(h)
+    h = _conv_transpose(self.conv_impl, self.image_shape[-1], dtype=self.dtype,
+                        name="ConvTranspose_0")(h)
     return jnp.tanh(h).astype(jnp.float32), embedding.astype(jnp.float32)
 
 
@@ -184,14 +243,122 @@ class MLPDiscriminator(nn.Module):
     return reconstruction.astype(jnp.float32).reshape(x.shape), h.astype(jnp.float32)
 
 
-def _conv28(image_shape, dtype, **fields) -> tuple[nn.Module, nn.Module]:
-  if tuple(image_shape[:2]) != (28, 28):
-    raise ValueError(f"model family 'conv28' needs 28x28 images, got image_shape {image_shape}")
-  return (Conv28Generator(image_shape, dtype=dtype),
-          Conv28Discriminator(image_shape, **fields, dtype=dtype))
+class DCGANGenerator(nn.Module):
+  """The paper's high-resolution G, after Radford et al.'s DCGAN.
+
+  z -> Dense 4*4*widths[0] (a 4x4 ConvT of a 1x1 map) -> BN, ReLU -> one
+  ConvT 4c2s per further width, each with BN, ReLU -> the output layer, tanh:
+  a ConvT 4c2s to C channels ("conv64"), or with `output_conv3` a 3x3
+  stride-1 Conv to C ("conv128", the paper's (3)3c). BatchNorm is per channel.
+
+  Left out: noise planes fed into every layer of the ImageNet G, as the
+  paper is reported to do. Its text could not be checked on that point, so
+  "conv128" takes z at its input only, like "conv64".
+  """
+
+  image_shape: tuple[int, int, int] = (64, 64, 3)
+  widths: tuple[int, ...] = (512, 256, 128, 64)
+  output_conv3: bool = False
+  dtype: Any = jnp.float32
+  conv_impl: str = "native"  # one of CONV_IMPLS
+
+  @nn.compact
+  def __call__(self, z: jax.Array, train: bool) -> jax.Array:
+    x = nn.Dense(4 * 4 * self.widths[0], use_bias=False, dtype=self.dtype)(z)
+    x = nn.relu(_batch_norm(train, self.dtype)(x.reshape(-1, 4, 4, self.widths[0])))
+    for i, width in enumerate(self.widths[1:]):
+      x = _conv_transpose(self.conv_impl, width, use_bias=False, dtype=self.dtype,
+                          name=f"ConvTranspose_{i}")(x)
+      x = nn.relu(_batch_norm(train, self.dtype)(x))
+    channels = self.image_shape[-1]
+    if self.output_conv3:
+      # Stride 1 and no input dilation, neither of the XLA:CPU cases that the
+      # matmul forms avoid, so flax's Conv in both forms (its value_and_grad
+      # at batch 64 takes 0.7 s on the 2-core CPU, bound by memory, not FLOPs).
+      x = nn.Conv(channels, (3, 3), padding="SAME", dtype=self.dtype, name="Conv_0")(x)
+    else:
+      x = _conv_transpose(self.conv_impl, channels, dtype=self.dtype,
+                          name=f"ConvTranspose_{len(self.widths) - 1}")(x)
+    return jnp.tanh(x).astype(jnp.float32)
 
 
-def _mlp(image_shape, dtype, n_layer_g=5, size_g=1600, n_layer_d=2, size_d=1024, dropout_d=0.0):
+class ConvAutoEncoder(nn.Module):
+  """The paper's high-resolution D: a convolutional auto-encoder.
+
+  Encoder: one Conv 4c2s per `encoder_widths` entry with leaky ReLU (0.2),
+  BatchNorm on all but the first; its output, flattened, is the embedding S.
+  Decoder: the mirror, one ConvT 4c2s per encoder width but the last, in
+  reverse, each with BN and ReLU, then a ConvT 4c2s to C channels and tanh,
+  so that reconstructions lie in [-1, 1] like the images.
+  """
+
+  image_shape: tuple[int, int, int] = (64, 64, 3)
+  encoder_widths: tuple[int, ...] = (64, 128, 256)
+  dtype: Any = jnp.float32
+  conv_impl: str = "native"  # one of CONV_IMPLS
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+    h = x
+    for i, width in enumerate(self.encoder_widths):
+      h = _conv(self.conv_impl, width, use_bias=i == 0, dtype=self.dtype, name=f"Conv_{i}")(h)
+      if i > 0:
+        h = _batch_norm(train, self.dtype)(h)
+      h = nn.leaky_relu(h, 0.2)
+    embedding = h.reshape(h.shape[0], -1)
+    for i, width in enumerate(reversed(self.encoder_widths[:-1])):
+      h = _conv_transpose(self.conv_impl, width, use_bias=False, dtype=self.dtype,
+                          name=f"ConvTranspose_{i}")(h)
+      h = nn.relu(_batch_norm(train, self.dtype)(h))
+    h = _conv_transpose(self.conv_impl, self.image_shape[-1], dtype=self.dtype,
+                        name=f"ConvTranspose_{len(self.encoder_widths) - 1}")(h)
+    return jnp.tanh(h).astype(jnp.float32), embedding.astype(jnp.float32)
+
+
+def _check_image_size(family: str, image_shape, size: int) -> None:
+  if tuple(image_shape[:2]) != (size, size):
+    raise ValueError(
+        f"model family {family!r} needs {size}x{size} images, got image_shape {image_shape}")
+
+
+def _conv28(image_shape, dtype, conv_impl, **fields) -> tuple[nn.Module, nn.Module]:
+  _check_image_size("conv28", image_shape, 28)
+  return (Conv28Generator(image_shape, dtype=dtype, conv_impl=conv_impl),
+          Conv28Discriminator(image_shape, **fields, dtype=dtype, conv_impl=conv_impl))
+
+
+def _check_widths(family: str, g_width: int, d_width: int, halvings: int) -> None:
+  if g_width < 2**halvings or g_width % 2**halvings or d_width < 1:
+    raise ValueError(
+        f"model family {family!r} needs g_width a positive multiple of {2**halvings} (G halves "
+        f"it {halvings} times) and d_width >= 1, got g_width {g_width} and d_width {d_width}")
+
+
+def _conv64(image_shape, dtype, conv_impl, g_width=512, d_width=64):
+  """The paper's 64x64 nets; g_width: channels of G's 4x4 map, d_width: of D's first conv."""
+  _check_image_size("conv64", image_shape, 64)
+  _check_widths("conv64", g_width, d_width, 3)
+  g_widths = tuple(g_width // 2**i for i in range(4))  # 4x4 ... 32x32, then ConvT to 64x64
+  encoder_widths = tuple(d_width * 2**i for i in range(3))  # 32x32, 16x16, 8x8
+  return (DCGANGenerator(image_shape, g_widths, dtype=dtype, conv_impl=conv_impl),
+          ConvAutoEncoder(image_shape, encoder_widths, dtype=dtype, conv_impl=conv_impl))
+
+
+def _conv128(image_shape, dtype, conv_impl, g_width=1024, d_width=64):
+  """The paper's 128x128 ImageNet nets; g_width and d_width as for conv64."""
+  _check_image_size("conv128", image_shape, 128)
+  _check_widths("conv128", g_width, d_width, 4)
+  # (1024)4c-(512)4c2s-(256)4c2s-(128)4c2s-(64)4c2s-(64)4c2s, then (3)3c at 128x128.
+  g_widths = (*(g_width // 2**i for i in range(5)), g_width // 16)
+  encoder_widths = tuple(d_width * 2**i for i in range(4))  # 64x64 ... 8x8
+  return (DCGANGenerator(image_shape, g_widths, output_conv3=True, dtype=dtype,
+                         conv_impl=conv_impl),
+          ConvAutoEncoder(image_shape, encoder_widths, dtype=dtype, conv_impl=conv_impl))
+
+
+def _mlp(image_shape, dtype, conv_impl, n_layer_g=5, size_g=1600, n_layer_d=2, size_d=1024,
+         dropout_d=0.0):
+  del conv_impl  # no convolutions
   if n_layer_g < 1 or n_layer_d < 2:
     raise ValueError(
         f"model family 'mlp' needs n_layer_g >= 1 and n_layer_d >= 2 (encoder + decoder), "
@@ -205,11 +372,13 @@ def _mlp(image_shape, dtype, n_layer_g=5, size_g=1600, n_layer_d=2, size_d=1024,
 FAMILIES: dict[str, Callable[..., tuple[nn.Module, nn.Module]]] = {
     "conv28": _conv28,
     "mlp": _mlp,
+    "conv64": _conv64,
+    "conv128": _conv128,
 }
 
 
-def build_models(model_config, image_shape, compute_dtype: str = "float32"
-                 ) -> tuple[nn.Module, nn.Module]:
+def build_models(model_config, image_shape, compute_dtype: str = "float32",
+                 conv_impl: str | None = None) -> tuple[nn.Module, nn.Module]:
   """Returns (generator, discriminator) for `model_config.family`.
 
   Args:
@@ -217,6 +386,8 @@ def build_models(model_config, image_shape, compute_dtype: str = "float32"
       family's own fields, e.g. {"family": "mlp", "n_layer_g": 5, ...}.
     image_shape: (H, W, C) of the images the nets generate and reconstruct.
     compute_dtype: one of COMPUTE_DTYPES, the dtype the layers compute in.
+    conv_impl: one of CONV_IMPLS; None (the default) takes
+      `conv_impl_for(jax.default_backend())`. Either gives the same parameters.
   """
   fields = dict(model_config)
   family = fields.pop("family", None)
@@ -224,7 +395,10 @@ def build_models(model_config, image_shape, compute_dtype: str = "float32"
     raise ValueError(f"unknown model family {family!r}; known families: {', '.join(FAMILIES)}")
   if compute_dtype not in COMPUTE_DTYPES:
     raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
+  conv_impl = conv_impl_for(jax.default_backend()) if conv_impl is None else conv_impl
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
   try:
-    return FAMILIES[family](tuple(image_shape), jnp.dtype(compute_dtype), **fields)
+    return FAMILIES[family](tuple(image_shape), jnp.dtype(compute_dtype), conv_impl, **fields)
   except TypeError as e:
     raise ValueError(f"bad fields for model family {family!r}: {e}") from None
