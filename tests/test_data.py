@@ -73,10 +73,12 @@ def tiny_tfds_dir(tmp_path_factory):
 
 
 @pytest.fixture
-def mock_mnist(tmp_path):
+def mock_mnist(tmp_path, monkeypatch):
   """tfds "mnist" replaced by 32 random images; data_dir is empty, nothing downloads."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
+  # The "download" is mocked: the machine may be offline, the probe must not say so.
+  monkeypatch.setattr(data, "_unreachable_download_host", lambda builder: None)
   with tfds.testing.mock_data(num_examples=32, policy=tfds.testing.MockPolicy.USE_CODE):
     yield make_config(
         dataset="mnist", data_dir=str(tmp_path), image_shape=(28, 28, 1), batch_size=8,
@@ -100,15 +102,15 @@ def test_import_does_not_import_tensorflow():
 
 def test_tensorflow_is_denied_accelerators(idx_dir, monkeypatch):
   config = make_config(idx_dir=str(idx_dir))
-  data.create_dataset(config, device_count=1)
-  data.create_dataset(config, device_count=1)  # A second call must be harmless.
+  data.create_dataset(config)
+  data.create_dataset(config)  # A second call must be harmless.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   hidden = []
   monkeypatch.setattr(
       tf.config, "set_visible_devices", lambda devices, kind: hidden.append((list(devices), kind))
   )
-  data.create_dataset(config, device_count=1)
+  data.create_dataset(config)
   assert ([], "GPU") in hidden and ([], "TPU") in hidden
 
 
@@ -119,7 +121,7 @@ def test_devices_already_initialised_elsewhere_are_tolerated(idx_dir, monkeypatc
     raise RuntimeError("Visible devices cannot be modified after being initialized")
 
   monkeypatch.setattr(tf.config, "set_visible_devices", refuse)
-  batches, _ = data.create_dataset(make_config(idx_dir=str(idx_dir)), device_count=1)
+  batches, _ = data.create_dataset(make_config(idx_dir=str(idx_dir)))
   assert next(batches).shape == (4, 4, 4, 1)
 
 
@@ -142,7 +144,7 @@ def test_read_idx_round_trips(tmp_path_factory, array, compress):
 @pytest.mark.parametrize("compress", [True, False], ids=["gz", "plain"])
 def test_idx_batches_hold_each_example_once_per_epoch(tmp_path, compress):
   idx_dir = fixtures().write_idx_dir(tmp_path, num_train=24, compress=compress)
-  batches, info = data.create_dataset(make_config(idx_dir=str(idx_dir)), device_count=1)
+  batches, info = data.create_dataset(make_config(idx_dir=str(idx_dir)))
 
   epoch = take(batches, 6)  # 24 examples / batch of 4.
   assert epoch.shape == (6, 4, 4, 4, 1) and epoch.dtype == np.float32
@@ -158,7 +160,7 @@ def test_idx_pixels_map_exactly_to_signed_unit_range(tmp_path):
   # 256 images, image i filled with pixel value i: one epoch shows every value.
   idx_dir = fixtures().write_idx_dir(tmp_path, num_train=256)
   config = make_config(idx_dir=str(idx_dir), batch_size=64)
-  batches, _ = data.create_dataset(config, device_count=1)
+  batches, _ = data.create_dataset(config)
 
   pixels = np.sort(take(batches, 4)[..., 0, 0, 0].ravel())
   np.testing.assert_array_equal(pixels, normalized(np.arange(256)))
@@ -177,7 +179,7 @@ def test_idx_load_split_returns_images_and_labels_in_file_order(tmp_path, compre
 
 def test_idx_dir_wins_over_tfds_dataset(idx_dir):
   config = make_config(idx_dir=str(idx_dir), dataset="no_such_tfds_dataset")
-  _, info = data.create_dataset(config, device_count=1)
+  _, info = data.create_dataset(config)
   assert info.source == f"idx:{idx_dir}"
 
 
@@ -185,7 +187,7 @@ def test_idx_dir_wins_over_tfds_dataset(idx_dir):
 
 
 def test_tfds_mock_batches_cover_the_split(mock_mnist):
-  batches, info = data.create_dataset(mock_mnist, device_count=1)
+  batches, info = data.create_dataset(mock_mnist)
   epoch = take(batches, 4)  # 32 examples / batch of 8.
   images, labels = data.load_split(mock_mnist, "train")
 
@@ -198,10 +200,10 @@ def test_tfds_mock_batches_cover_the_split(mock_mnist):
 
 
 def test_tfds_mock_is_deterministic_per_seed(mock_mnist):
-  first, _ = data.create_dataset(mock_mnist, device_count=1)
-  again, _ = data.create_dataset(mock_mnist, device_count=1)
+  first, _ = data.create_dataset(mock_mnist)
+  again, _ = data.create_dataset(mock_mnist)
   mock_mnist.seed = 1
-  other, _ = data.create_dataset(mock_mnist, device_count=1)
+  other, _ = data.create_dataset(mock_mnist)
 
   batches = take(first, 6)
   np.testing.assert_array_equal(batches, take(again, 6))
@@ -210,7 +212,7 @@ def test_tfds_mock_is_deterministic_per_seed(mock_mnist):
 
 def test_tfds_prepared_dataset_batches_and_labels(tiny_tfds_dir):
   config = make_config(dataset="ebgan_tiny_images", data_dir=str(tiny_tfds_dir))
-  batches, info = data.create_dataset(config, device_count=1)
+  batches, info = data.create_dataset(config)
   images, labels = data.load_split(config, "test")
 
   assert info == data.DatasetInfo((4, 4, 1), 24, "train", "tfds:ebgan_tiny_images")
@@ -231,7 +233,7 @@ def test_two_processes_read_disjoint_halves_of_the_epoch(source, idx_dir, tiny_t
   seen = []
   for process_index in range(2):
     batches, _ = data.create_dataset(
-        config, process_index=process_index, process_count=2, device_count=2
+        config, process_index=process_index, process_count=2
     )
     half = take(batches, 3)  # 12 examples per process / local batch of 4.
     assert half.shape == (3, 4, 4, 4, 1)
@@ -240,22 +242,22 @@ def test_two_processes_read_disjoint_halves_of_the_epoch(source, idx_dir, tiny_t
   assert seen[0] | seen[1] == set(range(24))
 
 
-def test_process_and_device_counts_default_to_jax(idx_dir, monkeypatch):
+def test_process_index_and_count_default_to_jax(idx_dir, monkeypatch):
   config = make_config(idx_dir=str(idx_dir), batch_size=8)
   monkeypatch.setattr(jax, "process_count", lambda: 2)
   monkeypatch.setattr(jax, "process_index", lambda: 1)
-  batches, _ = data.create_dataset(config, device_count=1)
+  batches, _ = data.create_dataset(config)
   assert next(batches).shape == (4, 4, 4, 1)
 
-  monkeypatch.setattr(jax, "device_count", lambda: 3)
-  with pytest.raises(ValueError, match="batch_size 8 is not divisible by the 3 devices"):
+  monkeypatch.setattr(jax, "process_count", lambda: 3)
+  with pytest.raises(ValueError, match="batch_size 8 is not divisible by the 3 processes"):
     data.create_dataset(config)
 
 
 def test_different_seeds_give_different_orders(idx_dir):
   orders = []
   for seed in (0, 1):
-    batches, _ = data.create_dataset(make_config(idx_dir=str(idx_dir), seed=seed), device_count=1)
+    batches, _ = data.create_dataset(make_config(idx_dir=str(idx_dir), seed=seed))
     orders.append(list(example_ids(take(batches, 6))))
   assert orders[0] != orders[1]
 
@@ -265,7 +267,7 @@ def test_stream_is_the_same_in_a_new_process(idx_dir):
   code = (
       "import sys, numpy as np; sys.path.insert(0, '.');"
       "from ebgan_jax import data; from tests.test_data import make_config, take;"
-      f"batches, _ = data.create_dataset(make_config(idx_dir={str(idx_dir)!r}), device_count=1);"
+      f"batches, _ = data.create_dataset(make_config(idx_dir={str(idx_dir)!r}));"
       "print(take(batches, 12)[..., 0, 0, 0].ravel().tolist())"
   )
   root = pathlib.Path(__file__).parents[1]
@@ -273,7 +275,7 @@ def test_stream_is_the_same_in_a_new_process(idx_dir):
       [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root,
       timeout=120,
   )
-  batches, _ = data.create_dataset(make_config(idx_dir=str(idx_dir)), device_count=1)
+  batches, _ = data.create_dataset(make_config(idx_dir=str(idx_dir)))
   here = str(take(batches, 12)[..., 0, 0, 0].ravel().tolist())
   assert result.stdout.strip().splitlines()[-1] == here
 
@@ -288,8 +290,8 @@ def test_resumed_stream_equals_fresh_stream(source, start_step, idx_dir, tiny_tf
     config = make_config(
         dataset="ebgan_tiny_images", data_dir=str(tiny_tfds_dir), batch_size=5, shuffle_buffer=7
     )
-  fresh, _ = data.create_dataset(config, device_count=1)
-  resumed, _ = data.create_dataset(config, start_step=start_step, device_count=1)
+  fresh, _ = data.create_dataset(config)
+  resumed, _ = data.create_dataset(config, start_step=start_step)
   np.testing.assert_array_equal(take(resumed, 8), take(fresh, start_step + 8)[start_step:])
 
 
@@ -298,7 +300,7 @@ def test_resume_skips_far_without_replaying(tmp_path):
   # minutes (benchmarks/input_pipeline.py times resuming).
   idx_dir = fixtures().write_idx_dir(tmp_path, num_train=600)
   config = make_config(idx_dir=str(idx_dir), batch_size=64)
-  batches, _ = data.create_dataset(config, start_step=1_000_000, device_count=1)
+  batches, _ = data.create_dataset(config, start_step=1_000_000)
   assert next(batches).shape == (64, 4, 4, 1)
 
 
@@ -308,7 +310,7 @@ def test_resume_skips_far_without_replaying(tmp_path):
 def test_missing_idx_directory(tmp_path):
   config = make_config(idx_dir=str(tmp_path / "absent"))
   with pytest.raises(FileNotFoundError, match="IDX directory .*absent does not exist"):
-    data.create_dataset(config, device_count=1)
+    data.create_dataset(config)
 
 
 @pytest.mark.parametrize("split, name", IDX_FILE_NAMES)
@@ -323,13 +325,13 @@ def test_truncated_gzip_file(idx_dir):
   path = idx_dir / "train-images-idx3-ubyte.gz"
   path.write_bytes(path.read_bytes()[:-20])
   with pytest.raises(ValueError, match="not a valid gzip file.*truncated or corrupt"):
-    data.create_dataset(make_config(idx_dir=str(idx_dir)), device_count=1)
+    data.create_dataset(make_config(idx_dir=str(idx_dir)))
 
 
 def test_corrupt_gzip_file(idx_dir):
   (idx_dir / "train-images-idx3-ubyte.gz").write_bytes(b"this is not gzip data")
   with pytest.raises(ValueError, match="not a valid gzip file"):
-    data.create_dataset(make_config(idx_dir=str(idx_dir)), device_count=1)
+    data.create_dataset(make_config(idx_dir=str(idx_dir)))
 
 
 @pytest.mark.parametrize("extra_bytes", [-5, 3], ids=["truncated", "too_long"])
@@ -340,13 +342,13 @@ def test_payload_size_must_match_header(idx_dir, extra_bytes):
   path.write_bytes(gzip.compress(content))
   expected = f"holds {24 * 16 + extra_bytes} data bytes but its header promises {24 * 16}"
   with pytest.raises(ValueError, match=expected):
-    data.create_dataset(make_config(idx_dir=str(idx_dir)), device_count=1)
+    data.create_dataset(make_config(idx_dir=str(idx_dir)))
 
 
 def test_file_cut_inside_its_header(idx_dir):
   (idx_dir / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"\0\0\x08\x03\0\0"))
   with pytest.raises(ValueError, match="ends inside its header"):
-    data.create_dataset(make_config(idx_dir=str(idx_dir)), device_count=1)
+    data.create_dataset(make_config(idx_dir=str(idx_dir)))
 
 
 def test_wrong_magic_number(idx_dir):
@@ -354,43 +356,33 @@ def test_wrong_magic_number(idx_dir):
   labels = (idx_dir / "train-labels-idx1-ubyte.gz").read_bytes()
   (idx_dir / "train-images-idx3-ubyte.gz").write_bytes(labels)
   with pytest.raises(ValueError, match="magic number 0x00000801, not 0x00000803"):
-    data.create_dataset(make_config(idx_dir=str(idx_dir)), device_count=1)
+    data.create_dataset(make_config(idx_dir=str(idx_dir)))
 
 
 def test_image_and_label_counts_must_agree(idx_dir):
   fixtures().write_idx(idx_dir / "train-labels-idx1-ubyte.gz", np.zeros(23, np.uint8))
   with pytest.raises(ValueError, match="holds 24 images but .* holds 23 labels"):
-    data.create_dataset(make_config(idx_dir=str(idx_dir)), device_count=1)
+    data.create_dataset(make_config(idx_dir=str(idx_dir)))
 
 
 def test_image_shape_must_match_config(idx_dir):
   config = make_config(idx_dir=str(idx_dir), image_shape=(28, 28, 1))
   message = re.escape("shape (4, 4, 1) but config.image_shape is (28, 28, 1)")
   with pytest.raises(ValueError, match=message):
-    data.create_dataset(config, device_count=1)
+    data.create_dataset(config)
 
 
-@pytest.mark.parametrize(
-    "batch_size, process_count, device_count, message",
-    [
-        (6, 4, 4, "batch_size 6 is not divisible by the 4 processes"),
-        (8, 1, 3, "batch_size 8 is not divisible by the 3 devices"),
-    ],
-)
-def test_batch_must_split_over_processes_and_devices(
-    idx_dir, batch_size, process_count, device_count, message
-):
-  config = make_config(idx_dir=str(idx_dir), batch_size=batch_size)
-  with pytest.raises(ValueError, match=message):
-    data.create_dataset(
-        config, process_index=0, process_count=process_count, device_count=device_count
-    )
+def test_batch_must_split_over_processes(idx_dir):
+  # Over the devices is the step's check (test_sharding).
+  config = make_config(idx_dir=str(idx_dir), batch_size=6)
+  with pytest.raises(ValueError, match="batch_size 6 is not divisible by the 4 processes"):
+    data.create_dataset(config, process_index=0, process_count=4)
 
 
 def test_tfds_not_cached_and_download_off(tmp_path):
   config = make_config(dataset="mnist", data_dir=str(tmp_path), download=False)
   with pytest.raises(FileNotFoundError, match="download is False.*--config.idx_dir=DIR"):
-    data.create_dataset(config, device_count=1)
+    data.create_dataset(config)
 
 
 def test_tfds_download_failure_points_to_idx_files(tmp_path, monkeypatch):
@@ -400,21 +392,47 @@ def test_tfds_download_failure_points_to_idx_files(tmp_path, monkeypatch):
     raise ConnectionError("Failed to resolve 'storage.googleapis.com'")
 
   monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+  monkeypatch.setattr(data, "_unreachable_download_host", lambda builder: None)  # host answers
   config = make_config(dataset="mnist", data_dir=str(tmp_path), download=True)
   with pytest.raises(FileNotFoundError, match="could not be downloaded.*dataset-fashion-mnist"):
-    data.create_dataset(config, device_count=1)
+    data.create_dataset(config)
+
+
+def test_offline_is_found_out_before_tfds_retries(tmp_path, monkeypatch):
+  """No answer from the download host: the error comes at once, tfds never starts retrying."""
+  import socket  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  probed = []
+
+  def no_network(address, timeout):
+    probed.append((address, timeout))
+    raise OSError("Network is unreachable")
+
+  def must_not_download(self, *args, **kwargs):
+    raise AssertionError("download_and_prepare ran although the host does not answer")
+
+  monkeypatch.setattr(socket, "create_connection", no_network)
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", must_not_download)
+  for proxy in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy"):
+    monkeypatch.delenv(proxy, raising=False)
+  config = make_config(dataset="mnist", data_dir=str(tmp_path), download=True)
+  with pytest.raises(FileNotFoundError,
+                     match="storage.googleapis.com does not answer.*--config.idx_dir=DIR"):
+    data.create_dataset(config)
+  assert probed == [(("storage.googleapis.com", 443), data._PROBE_SECONDS)]
 
 
 def test_unknown_tfds_name(tmp_path):
   config = make_config(dataset="no_such_dataset_xyz", data_dir=str(tmp_path))
   with pytest.raises(ValueError, match="Unknown tfds dataset 'no_such_dataset_xyz'.*list_builders"):
-    data.create_dataset(config, device_count=1)
+    data.create_dataset(config)
 
 
 def test_tfds_dataset_without_images(tmp_path):
   config = make_config(dataset="imdb_reviews", data_dir=str(tmp_path))
   with pytest.raises(ValueError, match="has no 'image' feature"):
-    data.create_dataset(config, device_count=1)
+    data.create_dataset(config)
 
 
 # --- Real data ----------------------------------------------------------------
@@ -436,7 +454,7 @@ def test_real_fashion_mnist():
     # Fashion-MNIST is balanced: every one of the 10 classes has a tenth of a split.
     np.testing.assert_array_equal(np.bincount(labels), np.full(10, size // 10))
 
-  batches, info = data.create_dataset(config, start_step=5_000, device_count=1)
+  batches, info = data.create_dataset(config, start_step=5_000)
   batch = next(batches)
   assert info == data.DatasetInfo((28, 28, 1), 60_000, "train", f"idx:{FASHION_MNIST_DIR}")
   assert batch.shape == (64, 28, 28, 1) and batch.dtype == np.float32

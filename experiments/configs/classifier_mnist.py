@@ -10,6 +10,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from ebgan_jax import classifier
+from experiments.configs import mnist_conv
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -22,7 +23,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.data_dir = config_dict.placeholder(str)  # tfds data_dir; None = tfds default
   config.download = True
   config.image_shape = (28, 28, 1)
+  mnist_conv.add_photograph_fields(config)  # the same data fields as the GAN configs
 
+  # "labels": learn the dataset's classes; "rotation": which of 4 rotations an
+  # image shows, for images without labels (ebgan_jax/classifier.py).
+  config.task = "labels"
   config.model = ml_collections.ConfigDict(
       {"num_classes": 10, "feature_dim": 128, "dropout_rate": 0.5})
 

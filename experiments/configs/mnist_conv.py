@@ -1,9 +1,19 @@
-"""Default experiment: EBGAN with the conv28 nets on MNIST (DESIGN.md starting values)."""
+"""Default experiment: EBGAN with the conv28 nets on MNIST (docs/design.md starting values)."""
 
 import ml_collections
 from ml_collections import config_dict
 
 from ebgan_jax import classifier
+
+
+def add_photograph_fields(config: ml_collections.ConfigDict) -> None:
+  """The data fields of photograph sources (ebgan_jax/data.py), off: MNIST-like data as stored."""
+  config.image_dir = config_dict.placeholder(str)  # a folder tree of JPEG / PNG files instead
+  config.crop = 0  # side of the centered square cut before resizing (0: the largest)
+  config.resize = False  # crop and resize tfds images too (implied by crop; folders always are)
+  config.test_fraction = 0.02  # image folders without train/ and test/: the held-out share
+  config.max_eval_images = 10_000  # images load_split gives evaluation from photographs (0: all)
+  config.tfds_splits = ml_collections.ConfigDict()  # pipeline split -> tfds split, if they differ
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -17,6 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.download = True
   config.shuffle_buffer = 60_000  # covers all of MNIST: a full shuffle
   config.image_shape = (28, 28, 1)
+  add_photograph_fields(config)
 
   # Nets (models.py): family name plus that family's own fields.
   config.model = ml_collections.ConfigDict({"family": "conv28", "embedding_dim": 32})
