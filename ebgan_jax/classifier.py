@@ -7,9 +7,14 @@ mnist_score`). Its softmax gives p(y|x) for the Inception Score and class
 counts, its penultimate layer (after ReLU) the features for FD, KID and PRDC
 (ebgan_jax/metrics.py).
 
+Images without labels (64x64 photographs, say) get a feature network trained
+on a self-supervised task instead (`rotation_task`): its features serve FD,
+KID and PRDC; its probabilities are over rotations, so the Inception Score
+and class counts do not apply to it.
+
 A trained classifier lives in `<cache_dir>/<dataset>/`: an orbax checkpoint
-of its parameters (`params/`) and `classifier.json`, which records its model
-fields, training settings, data source, test accuracy and the SHA-256 of its
+of its parameters (`params/`) and `classifier.json`, which records its task,
+model fields, training settings, data source, test accuracy and the SHA-256 of its
 parameters, the hash that names it in every evaluation. `save` and `load`
 are this module's only file I/O.
 """
@@ -39,10 +44,11 @@ _PREDICT_BATCH = 1000
 
 
 class CNN(nn.Module):
-  """Conv 32 3x3, max-pool 2 -> Conv 64 3x3, max-pool 2 -> Dense feature_dim (features) -> logits.
+  """[Conv 3x3, max-pool 2] blocks of 32, 64, 128, ... channels -> Dense feature_dim -> logits.
 
-  About 0.4M parameters for 28x28x1 input; dropout on the features while
-  training only.
+  Blocks are added until the feature map is at most 8 pixels high: two for
+  28x28 (about 0.4M parameters for 28x28x1), three for 64x64, four for
+  128x128. Dropout on the features while training only.
   """
 
   num_classes: int = 10
@@ -52,10 +58,13 @@ class CNN(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> tuple[jax.Array, jax.Array]:
     """Returns (logits (N, num_classes), features (N, feature_dim))."""
-    x = nn.relu(nn.Conv(32, (3, 3))(x))
-    x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    x = nn.relu(nn.Conv(64, (3, 3))(x))
-    x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    channels = 32
+    while True:
+      x = nn.relu(nn.Conv(channels, (3, 3))(x))
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      channels *= 2
+      if x.shape[1] <= 8:
+        break
     features = nn.relu(nn.Dense(self.feature_dim)(x.reshape(x.shape[0], -1)))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(features)
     return nn.Dense(self.num_classes)(x), features
@@ -89,6 +98,26 @@ def to_input(images) -> jax.Array:
   if images.dtype == np.uint8:
     return jnp.asarray(images, jnp.float32) / 127.5 - 1.0
   return jnp.asarray(images, jnp.float32)
+
+
+# Tasks a feature network is trained on: the dataset's class labels, or, for
+# images without labels (a folder of photographs), which of four rotations by
+# 0, 90, 180 or 270 degrees was applied (Gidaris et al., 2018: a
+# self-supervised task whose features describe the image content).
+TASKS = ("labels", "rotation")
+NUM_ROTATIONS = 4
+
+
+def rotation_task(images: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """Each square image rotated by k * 90 degrees, k uniform in {0, 1, 2, 3}; returns (images, k)."""
+  images = np.asarray(images)
+  if images.ndim != 4 or images.shape[1] != images.shape[2]:
+    raise ValueError(f"the rotation task needs square images (N, S, S, C), got {images.shape}")
+  turns = np.random.default_rng(seed).integers(0, NUM_ROTATIONS, len(images))
+  rotated = np.empty_like(images)
+  for k in range(NUM_ROTATIONS):
+    rotated[turns == k] = np.rot90(images[turns == k], k, axes=(1, 2))
+  return rotated, turns.astype(np.int64)
 
 
 def init_params(model: CNN, image_shape, key: jax.Array) -> dict:

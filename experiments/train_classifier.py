@@ -5,9 +5,12 @@ r"""Train the classifier whose features and predictions score a dataset's sample
       --config.idx_dir=/usr/share/datasets/fashion-mnist
 
 The classifier is saved to CACHE_DIR/DATASET (config.cache_dir,
-config.dataset), where experiments.evaluate looks for it. A classifier
+config.dataset), where ebgan_jax.evaluation looks for it. A classifier
 already there is reused, not trained again, if the config asks for the same
-one (data source, model, training); --config.retrain=True replaces it. Prints
+one (task, data source, model, training); --config.retrain=True replaces it.
+With --config.task=rotation the network learns which of four rotations an
+image shows instead of its label: the feature network of image folders
+without labels (experiments/configs/classifier_images.py). Prints
 one JSON line: its path, SHA-256, test accuracy and whether it was reused.
 Bad input prints one `error:` line and exits with status 2.
 """
@@ -16,18 +19,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 import ml_collections
-from ml_collections import config_flags
 
 from ebgan_jax import classifier as classifier_lib, data
-from experiments import logs
+from experiments import cli
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "classifier_mnist.py")
-
-EXIT_BAD_INPUT = 2
 
 
 class ConfigError(ValueError):
@@ -41,21 +40,23 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       (config.learning_rate > 0, f"learning_rate must be > 0, got {config.learning_rate}"),
       (config.model.num_classes >= 2,
        f"model.num_classes must be >= 2, got {config.model.num_classes}"),
+      (config.task in classifier_lib.TASKS,
+       f"task must be one of {classifier_lib.TASKS}, got {config.task!r}"),
+      (config.task != "rotation" or config.model.num_classes == classifier_lib.NUM_ROTATIONS,
+       f"the rotation task has {classifier_lib.NUM_ROTATIONS} classes; set "
+       f"--config.model.num_classes={classifier_lib.NUM_ROTATIONS}"),
   ]
   for ok, message in checks:
     if not ok:
       raise ConfigError(message)
 
 
-def _source(config: ml_collections.ConfigDict) -> str:
-  return f"idx:{config.idx_dir}" if config.idx_dir else f"tfds:{config.dataset}"
-
-
 def _recipe(config: ml_collections.ConfigDict) -> dict:
   """What makes a classifier: data, model, training. A cached one with another is not reused."""
   return {
+      "task": config.task,
       "dataset": config.dataset,
-      "source": _source(config),
+      "source": data.source_name(config),
       "image_shape": list(config.image_shape),
       "model": config.model.to_dict(),
       "training": {"num_epochs": config.num_epochs, "batch_size": config.batch_size,
@@ -68,9 +69,14 @@ def _load_split(config, split):
     images, labels = data.load_split(config, split)
   except ValueError as e:  # the data's or the config's fault
     raise ConfigError(str(e)) from None
+  if config.task == "rotation":
+    try:
+      return classifier_lib.rotation_task(images, seed=config.seed + (split == "test"))
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
   if labels.min() < 0 or labels.max() >= config.model.num_classes:
     raise ConfigError(
-        f"{_source(config)} has labels in [{labels.min()}, {labels.max()}], outside "
+        f"{data.source_name(config)} has labels in [{labels.min()}, {labels.max()}], outside "
         f"[0, {config.model.num_classes}); set --config.model.num_classes")
   return images, labels
 
@@ -83,6 +89,7 @@ def _cached(config: ml_collections.ConfigDict, directory) -> classifier_lib.Clas
     return None
   recipe = _recipe(config)
   saved = {field: cached.metadata.get(field) for field in recipe}
+  saved["task"] = saved["task"] or "labels"  # classifiers saved before tasks existed
   if saved != json.loads(json.dumps(recipe)):
     raise ConfigError(
         f"the classifier cached in {directory} was made with {saved}, but the config asks for "
@@ -95,7 +102,7 @@ def _train(config: ml_collections.ConfigDict, directory) -> classifier_lib.Class
   train_images, train_labels = _load_split(config, "train")
   test_images, test_labels = _load_split(config, "test")
   logging.info("Training the %s classifier on %d images of %s", config.dataset,
-               len(train_images), _source(config))
+               len(train_images), data.source_name(config))
   model = classifier_lib.create_model(config.model)
   params = classifier_lib.fit(
       model, train_images, train_labels, num_epochs=config.num_epochs,
@@ -118,6 +125,7 @@ def train_and_save(config: ml_collections.ConfigDict) -> dict:
   classifier = cached or _train(config, directory)
   return {
       "classifier": classifier.directory,
+      "task": config.task,
       "dataset": config.dataset,
       "source": classifier.metadata["source"],
       "params_sha256": classifier.metadata["params_sha256"],
@@ -128,24 +136,14 @@ def train_and_save(config: ml_collections.ConfigDict) -> dict:
 
 
 def define_flags() -> None:
-  """Defines the CLI's flag, only when this module runs as the program (as evaluate.py does)."""
-  config_flags.DEFINE_config_file(
-      "config", _DEFAULT_CONFIG,
-      "Classifier config file; override fields with --config.FIELD=VALUE.")
+  cli.define_config("config", _DEFAULT_CONFIG,
+                    "Classifier config file; override fields with --config.FIELD=VALUE.")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logs.keep_job_logs_only()
-  try:
-    summary = train_and_save(flags.FLAGS.config)
-  except (ConfigError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(EXIT_BAD_INPUT)
-  print(json.dumps(summary))
+  del argv  # cli.run rejects positional arguments
+  print(json.dumps(train_and_save(flags.FLAGS.config)))
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags, bad_input=(ConfigError,))

@@ -113,10 +113,12 @@ def test_params_hash_changes_with_any_parameter(trained):
       params)
 
 
-def test_train_classifier_from_tfds_trains_caches_and_reuses(tmp_path):
+def test_train_classifier_from_tfds_trains_caches_and_reuses(tmp_path, monkeypatch):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  # Under mock_data, "downloading" makes the mock examples; nothing leaves the machine.
+  # Under mock_data, "downloading" makes the mock examples; nothing leaves the machine,
+  # so the offline probe must not stop it.
+  monkeypatch.setattr(data, "_unreachable_download_host", lambda builder: None)
   config = classifier_config(cache_dir=str(tmp_path / "cache"), data_dir=str(tmp_path / "tfds"),
                              download=True)
   with tfds.testing.mock_data(num_examples=96, policy=tfds.testing.MockPolicy.USE_CODE):
@@ -211,3 +213,50 @@ def test_learns_real_fashion_mnist_well_above_chance():
                           batch_size=config.batch_size, learning_rate=config.learning_rate,
                           seed=0)
   assert classifier.accuracy(model, params, test_images[:2000], test_labels[:2000]) > 0.6
+
+
+# --- The rotation task: a feature network for images without labels ------------------------
+
+
+def test_rotation_task_rotates_each_image_by_its_label():
+  images = np.random.default_rng(0).integers(0, 256, (40, 6, 6, 3), dtype=np.uint8)
+  rotated, turns = classifier.rotation_task(images, seed=3)
+  assert rotated.shape == images.shape and rotated.dtype == np.uint8
+  assert set(turns.tolist()) == {0, 1, 2, 3}  # 40 draws: every rotation occurs
+  for image, back, k in zip(images, rotated, turns):
+    np.testing.assert_array_equal(np.rot90(back, -k, axes=(0, 1)), image)
+  again, same_turns = classifier.rotation_task(images, seed=3)
+  np.testing.assert_array_equal(again, rotated)
+  np.testing.assert_array_equal(same_turns, turns)
+  with pytest.raises(ValueError, match="square images"):
+    classifier.rotation_task(np.zeros((2, 6, 5, 1), np.uint8), seed=0)
+
+
+@pytest.mark.parametrize("image_shape, blocks", [((28, 28, 1), 2), ((64, 64, 3), 3)])
+def test_cnn_pools_down_to_at_most_8_pixels(image_shape, blocks):
+  params = classifier.init_params(classifier.CNN(num_classes=4, feature_dim=8), image_shape,
+                                  jax.random.PRNGKey(0))
+  assert sorted(name for name in params if name.startswith("Conv")) == [
+      f"Conv_{i}" for i in range(blocks)]
+  # 28x28 keeps the names and shapes of the classifiers cached before this rule.
+  last = params[f"Conv_{blocks - 1}"]["kernel"].shape[-1]
+  assert params["Dense_0"]["kernel"].shape == (
+      (image_shape[0] // 2**blocks) ** 2 * last, 8)
+
+
+def test_train_classifier_learns_rotations_of_unlabelled_images(tmp_path):
+  idx_dir = write_pattern_idx_dir(tmp_path / "idx", num_train=512, num_test=128)
+  config = classifier_config(idx_dir=str(idx_dir), cache_dir=str(tmp_path / "cache"),
+                             task="rotation", num_epochs=4, learning_rate=3e-3)
+  config.model.num_classes = classifier.NUM_ROTATIONS
+  summary = train_classifier.train_and_save(config)
+  assert summary["task"] == "rotation"
+  assert summary["test_accuracy"] > 0.9  # chance: 0.25
+  saved = classifier.load(tmp_path / "cache" / "mnist")
+  assert saved.metadata["task"] == "rotation" and saved.model.num_classes == 4
+
+
+def test_the_rotation_task_needs_four_classes(tmp_path):
+  config = classifier_config(cache_dir=str(tmp_path), task="rotation")
+  with pytest.raises(train_classifier.ConfigError, match="num_classes=4"):
+    train_classifier.train_and_save(config)
