@@ -158,3 +158,16 @@ def test_tuning_report_cli_bad_input(tmp_path):
                        f"--out={out}")
   assert_one_error_line(result, "cannot read the study's results")
   assert not out.exists()
+
+
+def test_write_image_folder_cli_bad_input(tmp_path):
+  taken = tmp_path / "taken"
+  taken.mkdir()
+  (taken / "keep.txt").write_text("already here")
+  result = run_program("experiments.write_image_folder", f"--out={taken}")
+  assert_one_error_line(result, "exists and is not an empty folder")
+  assert sorted(p.name for p in taken.iterdir()) == ["keep.txt"]
+  result = run_program("experiments.write_image_folder", "--idx_dir=/nonexistent/idx",
+                       f"--out={tmp_path / 'new'}")
+  assert_one_error_line(result, "IDX directory /nonexistent/idx does not exist")
+  assert not (tmp_path / "new").exists()
