@@ -232,10 +232,11 @@ def save(directory: str | os.PathLike, params, metadata: dict) -> Classifier:
   """Writes params (orbax) and metadata plus the params' SHA-256 (JSON), replacing any old ones.
 
   `metadata` must hold "model" (CNN fields) and "image_shape"; it is saved
-  with "params_sha256" added. Returns the saved classifier.
+  with "params_sha256" added, and "task" ("labels" unless it gives one of
+  TASKS). Returns the saved classifier.
   """
   directory = pathlib.Path(directory).absolute()
-  metadata = {**metadata, "params_sha256": params_sha256(params)}
+  metadata = {"task": "labels", **metadata, "params_sha256": params_sha256(params)}
   directory.mkdir(parents=True, exist_ok=True)
   # The metadata goes first and last: a directory whose parameters are being
   # replaced has no metadata, so `load` refuses it rather than mixing the two.
@@ -259,6 +260,7 @@ def load(directory: str | os.PathLike) -> Classifier:
   if not (directory / METADATA_FILE).is_file() or not (directory / "params").is_dir():
     raise FileNotFoundError(f"no trained classifier in {directory}")
   metadata = json.loads((directory / METADATA_FILE).read_text())
+  metadata.setdefault("task", "labels")  # saved before there were tasks
   model = create_model(metadata["model"])
   abstract = jax.eval_shape(
       functools.partial(init_params, model, tuple(metadata["image_shape"])), jax.random.PRNGKey(0))

@@ -102,7 +102,7 @@ class Evaluator:
     self.classifier = load_classifier(config)
     self.stacked = data.is_stacked(config)
     # A feature network trained on rotations has no classes to count (classifier.TASKS).
-    self.has_classes = self.classifier.metadata.get("task", "labels") == "labels"
+    self.has_classes = self.classifier.metadata["task"] == "labels"
     self.image_shape = tuple(config.image_shape)
     try:
       real_images, _ = data.load_split(config, "test")

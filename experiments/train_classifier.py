@@ -89,7 +89,6 @@ def _cached(config: ml_collections.ConfigDict, directory) -> classifier_lib.Clas
     return None
   recipe = _recipe(config)
   saved = {field: cached.metadata.get(field) for field in recipe}
-  saved["task"] = saved["task"] or "labels"  # classifiers saved before tasks existed
   if saved != json.loads(json.dumps(recipe)):
     raise ConfigError(
         f"the classifier cached in {directory} was made with {saved}, but the config asks for "

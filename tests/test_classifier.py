@@ -260,3 +260,13 @@ def test_the_rotation_task_needs_four_classes(tmp_path):
   config = classifier_config(cache_dir=str(tmp_path), task="rotation")
   with pytest.raises(train_classifier.ConfigError, match="num_classes=4"):
     train_classifier.train_and_save(config)
+
+
+def test_a_classifier_saved_before_tasks_loads_as_a_labels_classifier(trained, tmp_path):
+  model, params = trained
+  classifier.save(tmp_path / "old", params, {"model": MODEL, "image_shape": [28, 28, 1]})
+  metadata_file = tmp_path / "old" / classifier.METADATA_FILE
+  metadata = json.loads(metadata_file.read_text())
+  assert metadata.pop("task") == "labels"
+  metadata_file.write_text(json.dumps(metadata))  # as written before the field existed
+  assert classifier.load(tmp_path / "old").metadata["task"] == "labels"
