@@ -4,6 +4,12 @@ D is an auto-encoder; the energy of an image is its reconstruction error.
   L_D = mean_x E(x) + mean_z max(0, m - E(G(z)))              (paper Eq. 1)
   L_G = mean_z E(G(z)) + lambda_pt * PT(S)                    (Eq. 2, Sec. 2.4)
 where S holds D's encoder embeddings of the generated batch.
+
+The paper's baseline GAN (Sec. 4.1), D ending in one logit l:
+  L_D = mean_x softplus(-l(x)) + mean_z softplus(l(G(z)))
+  L_G = mean_z softplus(-l(G(z)))                  (the non-saturating loss)
+softplus(-l) = -log sigmoid(l): the log-sigmoid form, finite at any finite
+logit and with gradients that never vanish into NaN.
 """
 
 import jax
@@ -96,3 +102,13 @@ def discriminator_loss(e_real: jax.Array, e_fake: jax.Array, margin: float) -> j
 def generator_loss(e_fake: jax.Array, s_fake: jax.Array, lambda_pt: float) -> jax.Array:
   """L_G = mean E(G(z)) + lambda_pt * PT(S) on the generated batch."""
   return jnp.mean(e_fake) + lambda_pt * pulling_away(s_fake)
+
+
+def gan_discriminator_loss(logit_real: jax.Array, logit_fake: jax.Array) -> jax.Array:
+  """L_D = mean -log sigmoid(l_real) + mean -log(1 - sigmoid(l_fake)), in softplus form."""
+  return jnp.mean(jax.nn.softplus(-logit_real)) + jnp.mean(jax.nn.softplus(logit_fake))
+
+
+def gan_generator_loss(logit_fake: jax.Array) -> jax.Array:
+  """The non-saturating L_G = mean -log sigmoid(l_fake): steep where D rejects the fakes."""
+  return jnp.mean(jax.nn.softplus(-logit_fake))

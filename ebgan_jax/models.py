@@ -224,13 +224,16 @@ class MLPDiscriminator(nn.Module):
 
   The paper's nLayerD counts the encoder layers plus the one decoder layer.
   `dropout_d` is the dropout rate on the input of each encoder layer while
-  training (0 disables it).
+  training (0 disables it). With head "logit" (the GAN baseline's D) the last
+  layer is Dense 1 instead of the decoder, and the first output is one logit
+  per image, shape (N,).
   """
 
   image_shape: tuple[int, int, int] = (28, 28, 1)
   n_layer_d: int = 2
   size_d: int = 1024
   dropout_d: float = 0.0
+  head: str = "reconstruction"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -239,6 +242,9 @@ class MLPDiscriminator(nn.Module):
     for _ in range(self.n_layer_d - 1):
       h = nn.Dropout(self.dropout_d, deterministic=not train)(h)
       h = nn.relu(nn.Dense(self.size_d, dtype=self.dtype)(h))
+    if self.head == "logit":
+      logit = nn.Dense(1, dtype=self.dtype)(h)[:, 0]
+      return logit.astype(jnp.float32), h.astype(jnp.float32)
     reconstruction = jnp.tanh(nn.Dense(math.prod(self.image_shape), dtype=self.dtype)(h))
     return reconstruction.astype(jnp.float32).reshape(x.shape), h.astype(jnp.float32)
 
@@ -357,7 +363,7 @@ def _conv128(image_shape, dtype, conv_impl, g_width=1024, d_width=64):
 
 
 def _mlp(image_shape, dtype, conv_impl, n_layer_g=5, size_g=1600, n_layer_d=2, size_d=1024,
-         dropout_d=0.0):
+         dropout_d=0.0, head="reconstruction"):
   del conv_impl  # no convolutions
   if n_layer_g < 1 or n_layer_d < 2:
     raise ValueError(
@@ -366,7 +372,7 @@ def _mlp(image_shape, dtype, conv_impl, n_layer_g=5, size_g=1600, n_layer_d=2, s
   if not 0.0 <= dropout_d < 1.0:
     raise ValueError(f"dropout_d is a rate in [0, 1), got {dropout_d}")
   return (MLPGenerator(image_shape, n_layer_g, size_g, dtype=dtype),
-          MLPDiscriminator(image_shape, n_layer_d, size_d, dropout_d, dtype=dtype))
+          MLPDiscriminator(image_shape, n_layer_d, size_d, dropout_d, head, dtype=dtype))
 
 
 FAMILIES: dict[str, Callable[..., tuple[nn.Module, nn.Module]]] = {
@@ -375,10 +381,15 @@ FAMILIES: dict[str, Callable[..., tuple[nn.Module, nn.Module]]] = {
     "conv64": _conv64,
     "conv128": _conv128,
 }
+# What each family's D can output first (objectives.py, `d_head`): every D is an
+# auto-encoder; the mlp family's D can end in one logit instead.
+D_HEADS = {**{family: ("reconstruction",) for family in FAMILIES},
+           "mlp": ("reconstruction", "logit")}
 
 
 def build_models(model_config, image_shape, compute_dtype: str = "float32",
-                 conv_impl: str | None = None) -> tuple[nn.Module, nn.Module]:
+                 conv_impl: str | None = None, d_head: str = "reconstruction"
+                 ) -> tuple[nn.Module, nn.Module]:
   """Returns (generator, discriminator) for `model_config.family`.
 
   Args:
@@ -388,6 +399,8 @@ def build_models(model_config, image_shape, compute_dtype: str = "float32",
     compute_dtype: one of COMPUTE_DTYPES, the dtype the layers compute in.
     conv_impl: one of CONV_IMPLS; None (the default) takes
       `conv_impl_for(jax.default_backend())`. Either gives the same parameters.
+    d_head: D's first output, one of `D_HEADS[family]`: "reconstruction" or,
+      for the mlp family, "logit" (the GAN objective's D).
   """
   fields = dict(model_config)
   family = fields.pop("family", None)
@@ -398,6 +411,13 @@ def build_models(model_config, image_shape, compute_dtype: str = "float32",
   conv_impl = conv_impl_for(jax.default_backend()) if conv_impl is None else conv_impl
   if conv_impl not in CONV_IMPLS:
     raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
+  if "head" in fields:
+    raise ValueError("D's head follows config.objective (objectives.py); drop model.head")
+  if d_head not in D_HEADS[family]:
+    raise ValueError(f"model family {family!r} has no D with a {d_head!r} output; "
+                     f"it offers {', '.join(D_HEADS[family])}")
+  if d_head != "reconstruction":
+    fields["head"] = d_head
   try:
     return FAMILIES[family](tuple(image_shape), jnp.dtype(compute_dtype), conv_impl, **fields)
   except TypeError as e:

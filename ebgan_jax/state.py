@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from ebgan_jax import models
+from ebgan_jax import models, objectives
 
 
 class TrainState(train_state.TrainState):
@@ -33,9 +33,25 @@ class GANState:
   z_dim: int = flax.struct.field(pytree_node=False, default=64)
 
 
-def adam(optim_config) -> optax.GradientTransformation:
-  return optax.adam(optim_config.learning_rate, b1=optim_config.b1, b2=optim_config.b2,
-                    eps=optim_config.eps)
+# Per-net optimisers (config.optim_g / optim_d `kind`) and the config fields each reads.
+OPTIMIZERS = {"adam": (optax.adam, ("learning_rate", "b1", "b2", "eps")),
+              "sgd": (optax.sgd, ("learning_rate",))}  # plain SGD, no momentum
+
+
+def optimizer_settings(optim_config) -> tuple[str, dict[str, float]]:
+  """(kind, the settings its optax constructor takes) of one net's optimiser config.
+
+  `kind` is "adam" (the default when absent) or "sgd"; SGD reads only learning_rate.
+  """
+  kind = optim_config.get("kind", "adam")
+  if kind not in OPTIMIZERS:
+    raise ValueError(f"optimizer kind must be one of {tuple(OPTIMIZERS)}, got {kind!r}")
+  return kind, {name: float(optim_config[name]) for name in OPTIMIZERS[kind][1]}
+
+
+def optimizer(optim_config) -> optax.GradientTransformation:
+  kind, settings = optimizer_settings(optim_config)
+  return OPTIMIZERS[kind][0](**settings)
 
 
 def _train_state(module, variables, tx) -> TrainState:
@@ -47,21 +63,23 @@ def _train_state(module, variables, tx) -> TrainState:
 
 
 def create_state(config, key: jax.Array) -> GANState:
-  """Initialises both nets and their Adam optimisers from `config`.
+  """Initialises both nets and their optimisers from `config`.
 
   Reads config.model, config.image_shape, config.z_dim, config.optim_g,
-  config.optim_d and config.compute_dtype (absent: "float32"). `key` is a
-  raw uint32 PRNG key (jax.random.PRNGKey(seed)).
+  config.optim_d, config.objective (absent: "ebgan"; it says what D outputs)
+  and config.compute_dtype (absent: "float32"). `key` is a raw uint32 PRNG
+  key (jax.random.PRNGKey(seed)).
   """
   generator, discriminator = models.build_models(
-      config.model, config.image_shape, config.compute_dtype)
+      config.model, config.image_shape, config.get("compute_dtype", "float32"),
+      d_head=objectives.from_config(config).d_head)
   g_key, d_key, train_key = jax.random.split(key, 3)
   # Two samples: BatchNorm needs more than one to have a batch statistic.
   g_vars = generator.init(g_key, jnp.zeros((2, config.z_dim)), train=False)
   d_vars = discriminator.init(d_key, jnp.zeros((2, *config.image_shape)), train=False)
   return GANState(
-      generator=_train_state(generator, g_vars, adam(config.optim_g)),
-      discriminator=_train_state(discriminator, d_vars, adam(config.optim_d)),
+      generator=_train_state(generator, g_vars, optimizer(config.optim_g)),
+      discriminator=_train_state(discriminator, d_vars, optimizer(config.optim_d)),
       step=jnp.zeros((), jnp.int32),
       key=train_key,
       z_dim=config.z_dim)

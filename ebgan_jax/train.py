@@ -19,11 +19,10 @@ import itertools
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from ebgan_jax import losses
+from ebgan_jax import objectives
 from ebgan_jax.state import GANState, TrainState
 
 Metrics = dict[str, jax.Array]
@@ -104,7 +103,7 @@ def _apply_train(net: TrainState, params, x: jax.Array, dropout_key: jax.Array):
 
 
 def discriminator_objective(d_params, g_params, state: GANState, real: jax.Array, z: jax.Array,
-                            dropout_key: jax.Array, *, margin: float, reduction: str):
+                            dropout_key: jax.Array, hparams, *, objective):
   """L_D as a function of D's params; G's output is a constant here."""
   g, d = state.generator, state.discriminator
   fake, _ = _apply_train(g, g_params, z, dropout_key)
@@ -112,78 +111,67 @@ def discriminator_objective(d_params, g_params, state: GANState, real: jax.Array
   d_real_key, d_fake_key = jax.random.split(dropout_key)
   # Real and fake go through D separately, each normalised by its own batch,
   # and D's running statistics see both.
-  (rec_real, _), d_stats = _apply_train(d, d_params, real, d_real_key)
-  (rec_fake, _), d_stats = _apply_train(d.replace(batch_stats=d_stats), d_params, fake, d_fake_key)
-  e_real = losses.energy(real, rec_real, reduction)
-  e_fake = losses.energy(fake, rec_fake, reduction)
-  loss = losses.discriminator_loss(e_real, e_fake, margin)
-  return loss, (d_stats, e_real, e_fake)
+  d_real, d_stats = _apply_train(d, d_params, real, d_real_key)
+  d_fake, d_stats = _apply_train(d.replace(batch_stats=d_stats), d_params, fake, d_fake_key)
+  loss, metrics = objective.discriminator_loss(hparams, real, d_real, fake, d_fake)
+  return loss, (d_stats, metrics)
 
 
 def generator_objective(g_params, d_params, state: GANState, z: jax.Array,
-                        dropout_key: jax.Array, *, lambda_pt: float, reduction: str):
-  """L_G as a function of G's params.
-
-  G(z) is both D's input and the reconstruction target; the gradient flows
-  through both (detaching the target would drop half of it).
-  """
+                        dropout_key: jax.Array, hparams, *, objective):
+  """L_G as a function of G's params."""
   g_key, d_key = jax.random.split(dropout_key)
   fake, g_stats = _apply_train(state.generator, g_params, z, g_key)
-  (rec_fake, embedding), _ = _apply_train(state.discriminator, d_params, fake, d_key)
-  e_fake = losses.energy(fake, rec_fake, reduction)
-  loss = losses.generator_loss(e_fake, embedding, lambda_pt)
-  return loss, (g_stats, e_fake, losses.pulling_away(embedding))
+  d_fake, _ = _apply_train(state.discriminator, d_params, fake, d_key)
+  loss, metrics = objective.generator_loss(hparams, fake, d_fake)
+  return loss, (g_stats, metrics)
 
 
 def update_discriminator(state: GANState, real: jax.Array, z: jax.Array, dropout_key: jax.Array,
-                         *, margin: float, reduction: str) -> tuple[GANState, Metrics]:
-  """One Adam step on L_D; G's params and statistics are left untouched."""
+                         hparams, *, objective) -> tuple[GANState, Metrics]:
+  """One optimiser step on L_D; G's params and statistics are left untouched."""
   grad_fn = jax.value_and_grad(discriminator_objective, has_aux=True)
-  (loss, (d_stats, e_real, e_fake)), grads = grad_fn(
-      state.discriminator.params, state.generator.params, state, real, z, dropout_key,
-      margin=margin, reduction=reduction)
+  (loss, (d_stats, metrics)), grads = grad_fn(
+      state.discriminator.params, state.generator.params, state, real, z, dropout_key, hparams,
+      objective=objective)
   discriminator = state.discriminator.apply_gradients(grads=grads, batch_stats=d_stats)
-  metrics = {
-      "d_loss": loss,
-      "energy_real": jnp.mean(e_real),
-      "energy_fake": jnp.mean(e_fake),
-      "hinge_active": jnp.mean((e_fake < margin).astype(jnp.float32)),
-  }
-  return state.replace(discriminator=discriminator), metrics
+  return state.replace(discriminator=discriminator), {"d_loss": loss, **metrics}
 
 
-def update_generator(state: GANState, z: jax.Array, dropout_key: jax.Array,
-                     *, lambda_pt: float, reduction: str) -> tuple[GANState, Metrics]:
-  """One Adam step on L_G; D's params and statistics are left untouched."""
+def update_generator(state: GANState, z: jax.Array, dropout_key: jax.Array, hparams,
+                     *, objective) -> tuple[GANState, Metrics]:
+  """One optimiser step on L_G; D's params and statistics are left untouched."""
   grad_fn = jax.value_and_grad(generator_objective, has_aux=True)
-  (loss, (g_stats, _, pt)), grads = grad_fn(
-      state.generator.params, state.discriminator.params, state, z, dropout_key,
-      lambda_pt=lambda_pt, reduction=reduction)
+  (loss, (g_stats, metrics)), grads = grad_fn(
+      state.generator.params, state.discriminator.params, state, z, dropout_key, hparams,
+      objective=objective)
   generator = state.generator.apply_gradients(grads=grads, batch_stats=g_stats)
-  return state.replace(generator=generator), {"g_loss": loss, "pt": pt}
+  return state.replace(generator=generator), {"g_loss": loss, **metrics}
 
 
-def train_step(state: GANState, batch: jax.Array, *, margin: float, lambda_pt: float,
-               reduction: str = "mean") -> tuple[GANState, Metrics]:
+def train_step(state: GANState, batch: jax.Array, hparams: objectives.HyperParameters, *,
+               objective=objectives.EBGAN()) -> tuple[GANState, Metrics]:
   """One D update then one G update, each on fresh z; returns the new state and metrics.
 
-  Metrics: d_loss, g_loss, energy_real, energy_fake and hinge_active (the
-  fraction of fakes with E < m) from the D update, pt from the G update.
+  `hparams` holds the objective's hyperparameters (for EBGAN: margin and
+  lambda_pt) as scalars; `objective` (static) is an entry of
+  objectives.OBJECTIVES. Metrics: d_loss and g_loss, and the objective's
+  metric_names (EBGAN: energy_real, energy_fake, hinge_active, the fraction
+  of fakes with E < m, from the D update; pt from the G update).
   """
   step_key = jax.random.fold_in(state.key, state.step)
   z_d_key, z_g_key, dropout_d_key, dropout_g_key = jax.random.split(step_key, 4)
   n = batch.shape[0]
   state, d_metrics = update_discriminator(
-      state, batch, sample_z(z_d_key, n, state.z_dim), dropout_d_key,
-      margin=margin, reduction=reduction)
+      state, batch, sample_z(z_d_key, n, state.z_dim), dropout_d_key, hparams,
+      objective=objective)
   state, g_metrics = update_generator(
-      state, sample_z(z_g_key, n, state.z_dim), dropout_g_key,
-      lambda_pt=lambda_pt, reduction=reduction)
+      state, sample_z(z_g_key, n, state.z_dim), dropout_g_key, hparams, objective=objective)
   return state.replace(step=state.step + 1), {**d_metrics, **g_metrics}
 
 
-def multi_step(state: GANState, batches: jax.Array, *, margin: float, lambda_pt: float,
-               reduction: str = "mean") -> tuple[GANState, Metrics]:
+def multi_step(state: GANState, batches: jax.Array, hparams: objectives.HyperParameters, *,
+               objective=objectives.EBGAN()) -> tuple[GANState, Metrics]:
   """K `train_step`s, one per batch of `batches` (K, B, H, W, C), as one `lax.scan`.
 
   Returns the state after the K steps and the metrics of every step, each
@@ -191,33 +179,38 @@ def multi_step(state: GANState, batches: jax.Array, *, margin: float, lambda_pt:
   `train_step` up to float rounding: XLA compiles the scan's body on its own
   (other fusions and layouts, so other orders of float sums).
   """
-  step = functools.partial(train_step, margin=margin, lambda_pt=lambda_pt, reduction=reduction)
+  step = functools.partial(train_step, hparams=hparams, objective=objective)
   return jax.lax.scan(step, state, batches)
 
 
 def _objective(config, mesh: Mesh) -> dict:
-  """The step's keyword arguments from `config`, once config and mesh are checked."""
-  losses.check_reduction(config.energy_reduction)
+  """The step's hparams and objective from `config`, once config and mesh are checked."""
+  objective = objectives.from_config(config)
+  hparams = objectives.hyperparameters(objective, config)
   if config.batch_size % mesh.size:
     raise ValueError(
         f"global batch_size {config.batch_size} is not divisible by the {mesh.size} devices; "
         f"use a multiple of {mesh.size} (per-device batch x device count)")
-  return {"margin": float(config.margin), "lambda_pt": float(config.lambda_pt),
-          "reduction": config.energy_reduction}
+  return {"hparams": hparams, "objective": objective}
+
+
+def compiler_options(mesh: Mesh) -> dict | None:
+  """XLA options for a jitted step over `mesh` that donates its state."""
+  if mesh.devices.flat[0].platform != "cpu":
+    return None
+  # XLA:CPU's default copy insertion copies donated buffers that are still
+  # read while their update could start (Adam's biggest tensors) and
+  # serialises the step around them; region analysis proves those copies
+  # unneeded (2 cores: conv28 12.0 -> 14.1 steps/s, mlp 26.1 -> 38.5; README
+  # "Performance").
+  return {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 
 def _jit(step, mesh: Mesh, batch_sharding: NamedSharding) -> Step:
   """Jits `step` over `mesh`, the state replicated and donated, so it is updated in place."""
-  options = None
-  if mesh.devices.flat[0].platform == "cpu":
-    # XLA:CPU's default copy insertion copies donated buffers that are still
-    # read while their update could start (Adam's biggest tensors) and
-    # serialises the step around them; region analysis proves those copies
-    # unneeded (2 cores: conv28 12.0 -> 14.1 steps/s, mlp 26.1 -> 38.5; README
-    # "Performance").
-    options = {"xla_cpu_copy_insertion_use_region_analysis": True}
   return jax.jit(step, in_shardings=(replicated(mesh), batch_sharding),
-                 out_shardings=replicated(mesh), donate_argnums=0, compiler_options=options)
+                 out_shardings=replicated(mesh), donate_argnums=0,
+                 compiler_options=compiler_options(mesh))
 
 
 def make_train_step(config, mesh: Mesh | None = None) -> Step:
@@ -231,7 +224,9 @@ def make_train_step(config, mesh: Mesh | None = None) -> Step:
   of the global batch, not of each device's slice.
 
   Args:
-    config: reads margin, lambda_pt, energy_reduction and batch_size (global).
+    config: reads objective (objectives.from_config), that objective's
+      hyperparameters (EBGAN: margin, lambda_pt, energy_reduction) and
+      batch_size (global).
     mesh: default `make_mesh()`, all devices.
   """
   mesh = make_mesh() if mesh is None else mesh

@@ -19,12 +19,14 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from ebgan_jax import (checkpoint, data, evaluation, losses, models, state as state_lib, train,
-                       viz)
+from ebgan_jax import (checkpoint, data, evaluation, models, objectives, state as state_lib,
+                       train, viz)
 
 # Part of the config that fixes parameter shapes: a checkpoint restores only
 # into the same values.
-ARCHITECTURE_FIELDS = ("model", "image_shape", "z_dim")
+# The objective too: it sets D's head. Checkpoints saved before the field existed are EBGAN's.
+ARCHITECTURE_FIELDS = ("model", "image_shape", "z_dim", "objective")
+_SAVED_BEFORE_FIELD = {"objective": "ebgan"}
 GRID_SIZE = 64
 
 
@@ -39,8 +41,6 @@ class TrainingDiverged(RuntimeError):
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first config value that cannot work."""
   checks = [
-      (config.margin >= 0, f"margin must be >= 0, got {config.margin}"),
-      (config.lambda_pt >= 0, f"lambda_pt must be >= 0, got {config.lambda_pt}"),
       (config.batch_size >= 2,
        f"batch_size must be >= 2 (the pulling-away term compares pairs), got {config.batch_size}"),
       (config.z_dim >= 1, f"z_dim must be >= 1, got {config.z_dim}"),
@@ -67,9 +67,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for ok, message in checks:
     if not ok:
       raise ConfigError(message)
-  try:  # the checks that the library owns: model fields, compute_dtype, energy reduction
-    models.build_models(config.model, config.image_shape, config.compute_dtype)
-    losses.check_reduction(config.energy_reduction)
+  # The checks that the library owns: objective and its hyperparameters, optimiser
+  # kinds, model fields and D's head, compute_dtype.
+  try:
+    objective = objectives.from_config(config)
+    objectives.hyperparameters(objective, config)
+    for name in ("optim_g", "optim_d"):
+      state_lib.optimizer_settings(config[name])
+    models.build_models(config.model, config.image_shape, config.compute_dtype,
+                        d_head=objective.d_head)
   except ValueError as e:
     raise ConfigError(str(e)) from None
 
@@ -91,9 +97,10 @@ def _check_architecture(manager, config) -> None:
     return
   asked = json.loads(config.to_json_best_effort())  # the form it was saved in
   for field in ARCHITECTURE_FIELDS:
-    if saved.get(field) != asked[field]:
+    saved_value = saved.get(field, _SAVED_BEFORE_FIELD.get(field))
+    if saved_value != asked[field]:
       raise ConfigError(
-          f"the checkpoints in {manager.directory} were trained with {field}={saved.get(field)}, "
+          f"the checkpoints in {manager.directory} were trained with {field}={saved_value}, "
           f"but the config asks for {field}={asked[field]}; use a new --workdir or the saved "
           f"config")
 

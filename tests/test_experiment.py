@@ -65,6 +65,29 @@ def test_cli_trains_then_samples(idx_dir, tmp_path):
   assert (workdir / "samples.png").stat().st_size > 0
 
 
+def test_cli_trains_the_gan_baseline_with_sgd(idx_dir, tmp_path):
+  """The single-run CLI trains either objective; the GAN's metrics are its own."""
+  workdir = tmp_path / "gan"
+  tiny_config = str(REPO / "experiments/configs/tiny.py")
+  common = (f"--config={tiny_config}", f"--workdir={workdir}", "--config.objective=gan")
+  result = _run_cli(*common, f"--config.idx_dir={idx_dir}", "--config.num_steps=10",
+                    "--config.optim_d.kind=sgd", "--config.optim_d.learning_rate=0.01")
+  assert result.returncode == 0, result.stderr
+  assert "d_real=" in result.stderr and "energy_real" not in result.stderr
+  config = _tiny(idx_dir, objective="gan")
+  config.optim_d.kind = "sgd"
+  template = state_lib.create_state(config, jax.random.PRNGKey(0))
+  state = checkpoint.restore(checkpoint.create_manager(str(workdir / "checkpoints"), 1), template)
+  assert int(state.step) == 10
+  logit = state.discriminator.params["Dense_1"]["kernel"]
+  assert logit.shape == (32, 1)  # D ends in one logit
+  assert "mu" not in str(jax.tree_util.tree_structure(state.discriminator.opt_state))  # plain SGD
+  # A workdir of one objective does not resume as the other (D's head differs).
+  result = _run_cli(f"--config={tiny_config}", f"--workdir={workdir}",
+                    f"--config.idx_dir={idx_dir}", "--config.num_steps=20")
+  assert result.returncode == 2 and "were trained with objective=gan" in result.stderr
+
+
 def test_resume_is_exact(idx_dir, tmp_path, monkeypatch):
   straight = trainer.train_and_evaluate(_tiny(idx_dir, num_steps=20), str(tmp_path / "straight"))
   straight = jax.tree.map(np.asarray, straight)

@@ -306,3 +306,68 @@ def test_generator_loss_without_pt(n, d, seed):
   loss, grad = generator_loss_and_grad_s(e_fake, s, 0.0)
   assert float(loss) == float(jnp.mean(e_fake))
   np.testing.assert_array_equal(grad, 0.0)
+
+
+# ------------------------------------------------------------- the GAN baseline
+
+gan_d_loss_and_grads = jax.jit(jax.value_and_grad(losses.gan_discriminator_loss, argnums=(0, 1)))
+gan_g_loss_and_grad = jax.jit(jax.value_and_grad(losses.gan_generator_loss))
+logits = st.lists(st.floats(-30, 30, width=32), min_size=1, max_size=16)
+
+
+def test_gan_losses_match_hand_values():
+  # sigmoid(0) = 1/2: each term is log 2. l_real = log 3 -> sigmoid 3/4 -> -log(3/4);
+  # l_fake = -log 3 -> sigmoid 1/4 -> -log(1 - 1/4) = -log(3/4).
+  zero = jnp.zeros(4)
+  np.testing.assert_allclose(losses.gan_discriminator_loss(zero, zero), 2 * np.log(2), rtol=1e-6)
+  np.testing.assert_allclose(losses.gan_generator_loss(zero), np.log(2), rtol=1e-6)
+  log3 = jnp.full(3, np.log(3.0))
+  np.testing.assert_allclose(losses.gan_discriminator_loss(log3, -log3), -2 * np.log(0.75),
+                             rtol=1e-6)
+  # The non-saturating G loss: -log sigmoid(l_fake) = -log(1/4) at l_fake = -log 3.
+  np.testing.assert_allclose(losses.gan_generator_loss(-log3), np.log(4.0), rtol=1e-6)
+  # Means over the batch: one confident right and one 50/50 logit per side.
+  np.testing.assert_allclose(losses.gan_discriminator_loss(jnp.array([40.0, 0.0]),
+                                                           jnp.array([-40.0, 0.0])),
+                             np.log(2), rtol=1e-6)
+
+
+@FAST
+@given(logits, logits)
+def test_gan_discriminator_loss_is_the_cross_entropy(real, fake):
+  real, fake = np.asarray(real, np.float32), np.asarray(fake, np.float32)
+  # -log sigmoid(l) = log(1 + e^-l) and -log(1 - sigmoid(l)) = log(1 + e^l), in float64.
+  expected = (np.mean(np.logaddexp(0, -real.astype(np.float64)))
+              + np.mean(np.logaddexp(0, fake.astype(np.float64))))
+  loss, _ = gan_d_loss_and_grads(real, fake)
+  np.testing.assert_allclose(loss, expected, rtol=1e-5, atol=1e-6)
+
+
+@FAST
+@given(logits)
+def test_non_saturating_generator_gradient_raises_the_fake_logits(fake):
+  """dL_G/dl = -(1 - sigmoid(l)) / N < 0: descending L_G pushes every logit up, steepest
+  where D rejects the fake (l very negative), unlike the saturating log(1 - sigmoid(l))."""
+  fake = np.asarray(fake, np.float32)
+  _, grad = gan_g_loss_and_grad(fake)
+  assert np.all(np.asarray(grad) < 0)
+  np.testing.assert_allclose(grad, -(1 - 1 / (1 + np.exp(-fake.astype(np.float64)))) / len(fake),
+                             rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("big", [1e4, 1e30, np.inf])
+def test_gan_losses_finite_at_extreme_logits(big):
+  """Log-sigmoid forms: no log(0) where D is confidently right or wrong at finite logits,
+  0 where it is right at +-inf, and finite gradients everywhere (no NaN)."""
+  right_real, right_fake = jnp.array([big, 0.0]), jnp.array([-big, 0.0])
+  loss, grads = gan_d_loss_and_grads(right_real, right_fake)
+  np.testing.assert_allclose(loss, np.log(2), rtol=1e-6)  # the confident halves add 0
+  wrong_loss, wrong_grads = gan_d_loss_and_grads(-right_real, -right_fake)
+  if np.isfinite(big):
+    # softplus(1e30) = 1e30: large, but a number; 1 - sigmoid(1e30) = 0 would give log(0).
+    assert np.isfinite(float(wrong_loss))
+  for g in (*grads, *wrong_grads):
+    assert np.all(np.isfinite(np.asarray(g)))
+  g_loss, g_grad = gan_g_loss_and_grad(right_real)
+  np.testing.assert_allclose(g_loss, np.log(2) / 2, rtol=1e-6)
+  assert np.all(np.isfinite(np.asarray(g_grad)))

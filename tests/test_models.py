@@ -297,6 +297,40 @@ def test_bad_model_config_is_a_clear_error(model_config, image_shape, message):
     models.build_models(model_config, image_shape)
 
 
+def test_mlp_logit_head_is_the_decoder_swapped_for_one_logit():
+  """The GAN baseline's D: the same encoder (same parameters), Dense 1 in place of the decoder."""
+  model_config = {"family": "mlp", "n_layer_g": 2, "size_g": 32, "n_layer_d": 3, "size_d": 16,
+                  "dropout_d": 0.0}
+  images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (4, 28, 28, 1)), jnp.float32)
+  heads = {}
+  for head in ("reconstruction", "logit"):
+    _, discriminator = models.build_models(model_config, (28, 28, 1), d_head=head)
+    variables = discriminator.init(_key(1), images, train=False)
+    heads[head] = (variables["params"], discriminator.apply(variables, images, train=False))
+  (rec_params, (rec, rec_embedding)), (logit_params, (logit, logit_embedding)) = (
+      heads["reconstruction"], heads["logit"])
+  assert rec.shape == images.shape and logit.shape == (4,)
+  assert logit.dtype == jnp.float32 and not np.allclose(logit, logit[0])
+  # Encoder layers alike (same keys, same init), the last layer 16 -> 1 instead of 16 -> 784.
+  for name in ("Dense_0", "Dense_1"):
+    np.testing.assert_array_equal(rec_params[name]["kernel"], logit_params[name]["kernel"])
+  assert rec_params["Dense_2"]["kernel"].shape == (16, 784)
+  assert logit_params["Dense_2"]["kernel"].shape == (16, 1)
+  np.testing.assert_array_equal(rec_embedding, logit_embedding)
+
+
+@pytest.mark.parametrize("family", ["conv28", "conv64", "conv128"])
+def test_families_without_a_logit_head_say_so(family):
+  model_config, image_shape = _contract_config(family)
+  with pytest.raises(ValueError, match=f"model family '{family}' has no D with a 'logit' output"):
+    models.build_models(model_config, image_shape, d_head="logit")
+
+
+def test_the_head_follows_the_objective_not_a_model_field():
+  with pytest.raises(ValueError, match="drop model.head"):
+    models.build_models({"family": "mlp", "head": "logit"}, (28, 28, 1))
+
+
 @pytest.mark.parametrize("shape, features", [((3, 7, 7, 5), 4), ((2, 5, 6, 3), 1)])
 def test_conv_transpose_2x_equals_flax_conv_transpose(shape, features):
   reference = nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME")

@@ -8,10 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ebgan_jax import losses, state as state_lib, train
+from ebgan_jax import losses, objectives, state as state_lib, train
 from experiments.configs import mnist_conv, tiny
 
 BATCH = 8
+EBGAN = objectives.EBGAN("mean")
+HPARAMS = {"margin": 0.3, "lambda_pt": 0.1}
 
 
 def _config(family):
@@ -35,6 +37,25 @@ def _z(state, seed=2):
 def _copy(tree):
   """A copy that survives the donation of `tree` to the jitted step."""
   return jax.tree.map(jnp.copy, tree)
+
+
+def _fake(state, seed=2):
+  """G(z) as discriminator_objective makes it: training mode, dropout key PRNGKey(3)."""
+  g = state.generator
+  fake, _ = g.apply_fn({"params": g.params, "batch_stats": g.batch_stats}, _z(state, seed),
+                       train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(3)})
+  return fake
+
+
+def _energies(state):
+  """Per-sample energies under D in training mode, each batch normalised by itself."""
+  d = state.discriminator
+
+  def energies(x):
+    (rec, _), _ = d.apply_fn({"params": d.params, "batch_stats": d.batch_stats}, x, train=True,
+                             mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(0)})
+    return losses.energy(x, rec)
+  return energies
 
 
 def _max_abs_diff(a, b) -> float:
@@ -62,7 +83,7 @@ def test_generator_gradient_flows_through_input_and_target(family):
 
   def library_loss(g_params):
     return train.generator_objective(g_params, state.discriminator.params, state, z, key,
-                                     lambda_pt=0.1, reduction="mean")[0]
+                                     {"lambda_pt": 0.1}, objective=EBGAN)[0]
 
   library = jax.grad(library_loss)(state.generator.params)
   both = jax.grad(_generator_energy(state, False, 0.1))(state.generator.params, z, key)
@@ -77,8 +98,8 @@ def test_lambda_pt_zero_removes_the_pulling_away_gradient():
 
   def library_grad(lambda_pt):
     return jax.grad(lambda p: train.generator_objective(
-        p, state.discriminator.params, state, z, key, lambda_pt=lambda_pt,
-        reduction="mean")[0])(state.generator.params)
+        p, state.discriminator.params, state, z, key, {"lambda_pt": lambda_pt},
+        objective=EBGAN)[0])(state.generator.params)
 
   energy_only = jax.grad(_generator_energy(state, False, 0.0))(state.generator.params, z, key)
   assert _max_abs_diff(library_grad(0.0), energy_only) < 1e-6
@@ -90,7 +111,7 @@ def test_discriminator_loss_has_zero_gradient_wrt_generator(family):
   state = _state(family)
   g_grads = jax.grad(lambda g: train.discriminator_objective(
       state.discriminator.params, g, state, _batch(), _z(state), jax.random.PRNGKey(3),
-      margin=0.3, reduction="mean")[0])(state.generator.params)
+      {"margin": 0.3}, objective=EBGAN)[0])(state.generator.params)
   assert all(bool(jnp.all(x == 0)) for x in jax.tree.leaves(g_grads))
 
 
@@ -101,11 +122,12 @@ def test_discriminator_hinge_is_per_sample():
   def objective(margin):
     return train.discriminator_objective(
         state.discriminator.params, state.generator.params, state, _batch(), _z(state),
-        jax.random.PRNGKey(3), margin=margin, reduction="mean")
+        jax.random.PRNGKey(3), {"margin": margin}, objective=EBGAN)
 
-  _, (_, _, e_fake) = objective(0.0)
+  energies = _energies(state)
+  e_real, e_fake = energies(_batch()), energies(_fake(state))
   margin = float(jnp.median(e_fake))
-  loss, (_, e_real, e_fake) = objective(margin)
+  loss, _ = objective(margin)
   assert bool(jnp.any(e_fake < margin)) and bool(jnp.any(e_fake > margin))
   per_sample = jnp.mean(e_real) + jnp.mean(jnp.maximum(0.0, margin - e_fake))
   of_the_mean = jnp.mean(e_real) + jnp.maximum(0.0, margin - jnp.mean(e_fake))
@@ -116,12 +138,12 @@ def test_discriminator_hinge_is_per_sample():
 def test_each_update_leaves_the_other_net_untouched():
   state = _state("conv28")
   after_d, _ = train.update_discriminator(
-      state, _batch(), _z(state), jax.random.PRNGKey(3), margin=0.3, reduction="mean")
+      state, _batch(), _z(state), jax.random.PRNGKey(3), {"margin": 0.3}, objective=EBGAN)
   assert _max_abs_diff(after_d.generator, state.generator) == 0.0
   assert _max_abs_diff(after_d.discriminator.params, state.discriminator.params) > 0.0
 
   after_g, _ = train.update_generator(
-      after_d, _z(state, seed=4), jax.random.PRNGKey(5), lambda_pt=0.1, reduction="mean")
+      after_d, _z(state, seed=4), jax.random.PRNGKey(5), {"lambda_pt": 0.1}, objective=EBGAN)
   assert _max_abs_diff(after_g.discriminator, after_d.discriminator) == 0.0
   assert _max_abs_diff(after_g.generator.params, after_d.generator.params) > 0.0
 
@@ -189,20 +211,20 @@ def test_every_update_draws_its_own_z(monkeypatch):
   z_d, z_g = [], []
   real_update_d, real_update_g = train.update_discriminator, train.update_generator
 
-  def update_discriminator(state, real, z, dropout_key, **kwargs):
+  def update_discriminator(state, real, z, dropout_key, *args, **kwargs):
     z_d.append(np.asarray(z))
-    return real_update_d(state, real, z, dropout_key, **kwargs)
+    return real_update_d(state, real, z, dropout_key, *args, **kwargs)
 
-  def update_generator(state, z, dropout_key, **kwargs):
+  def update_generator(state, z, dropout_key, *args, **kwargs):
     z_g.append(np.asarray(z))
-    return real_update_g(state, z, dropout_key, **kwargs)
+    return real_update_g(state, z, dropout_key, *args, **kwargs)
 
   monkeypatch.setattr(train, "update_discriminator", update_discriminator)
   monkeypatch.setattr(train, "update_generator", update_generator)
   state = _state("mlp")
   for i in range(3):
     # Not jitted, so that the z reach the wrappers as values.
-    state, _ = train.train_step(state, _batch(seed=i), margin=0.3, lambda_pt=0.1)
+    state, _ = train.train_step(state, _batch(seed=i), HPARAMS)
   assert len(z_d) == len(z_g) == 3
   assert all(z.shape == (BATCH, state.z_dim) for z in z_d + z_g)
   assert _equal_pairs(z_d + z_g) == []  # D's z of steps 0-2, then G's
@@ -227,7 +249,7 @@ def test_dropout_masks_differ_between_passes_and_steps(monkeypatch):
 
   monkeypatch.setattr(train, "_apply_train", apply_train)
   for i in range(2):
-    state, _ = train.train_step(state, _batch(seed=i), margin=0.3, lambda_pt=0.1)
+    state, _ = train.train_step(state, _batch(seed=i), HPARAMS)
   assert len(d_keys) == 6  # per step: D's update on real, then fake; G's update
 
   d = state.discriminator

@@ -33,6 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict({"family": "conv28", "embedding_dim": 32})
   config.z_dim = 64
 
+  # The objective (objectives.py): "ebgan", or "gan", the paper's baseline
+  # (mlp family only: its D ends in one logit; margin and lambda_pt unused).
+  config.objective = "ebgan"
   # EBGAN objective (losses.py). m = 0.3, not the common 1: D's tanh output
   # bounds the energy of a flat grey image near 1, so m = 1 lets G settle on grey
   # (docs/tuning.md: FID ~550, every seed; 0.1 to 0.5 all work, 0.3 best).
@@ -45,10 +48,11 @@ def get_config() -> ml_collections.ConfigDict:
   # learning rate twice D's. docs/tuning.md: at margins 0.1 to 0.5, lr_G / lr_D
   # = 2 raised coverage at every margin and lowered FID at most (m = 0.3:
   # 7.3 -> 5.7 on 5,000 samples after 10,000 steps); 5 was mixed.
+  # kind "sgd" (plain, no momentum) reads learning_rate only.
   config.optim_g = ml_collections.ConfigDict(
-      {"learning_rate": 4e-4, "b1": 0.5, "b2": 0.999, "eps": 1e-8})
+      {"kind": "adam", "learning_rate": 4e-4, "b1": 0.5, "b2": 0.999, "eps": 1e-8})
   config.optim_d = ml_collections.ConfigDict(
-      {"learning_rate": 2e-4, "b1": 0.5, "b2": 0.999, "eps": 1e-8})
+      {"kind": "adam", "learning_rate": 2e-4, "b1": 0.5, "b2": 0.999, "eps": 1e-8})
 
   # Training loop. One process per host with `distributed` (multi-host TPU
   # pods and GPU clusters, see the README); one process sees every local device.
