@@ -4,10 +4,11 @@ r"""The tuning study of docs/tuning.md: margin, lambda_pt, lr_G / lr_D and the e
       --steps=10000 --out=/tmp/study
   python -m experiments.tuning_study ... --studies=margin_pt --seeds=2
 
-Each study is one vmapped population (ebgan_jax/population.py): its settings
-times its seeds are the members, trained together for --steps steps of the
-conv28 nets on Fashion-MNIST (experiments/configs/fashion_conv.py), on
-shuffled epochs of the training set (one order per seed). The budget is a step
+Each study is one population (ebgan_jax/population.py, its one training loop):
+its settings times its seeds are the members, trained together for --steps
+steps of the conv28 nets on Fashion-MNIST (experiments/configs/fashion_conv.py),
+each member on the batches its single run with its seed would read
+(data.create_dataset). The budget is a step
 count, not seconds, so that every setting gets the same work on any device:
 docs/tuning.md takes it from what a `train_seconds=600` run of
 experiments.mnist_ebgan completed on the 2-core CPU at one step per call. The
@@ -26,7 +27,6 @@ samples per member from a fixed z, key "STUDY/MEMBER");
 experiments/tuning_report.py turns them into tables and figures.
 """
 
-import functools
 import itertools
 import json
 import os
@@ -34,7 +34,6 @@ import time
 
 from absl import flags, logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -95,40 +94,6 @@ def make_config(overrides: dict, idx_dir: str, classifier_dir: str | None,
   return config
 
 
-def epoch_indices(seed: int, num_examples: int, batch_size: int, steps: int) -> np.ndarray:
-  """(steps, batch_size) example indices: shuffled epochs, the last partial batch dropped."""
-  per_epoch = num_examples // batch_size
-  epochs = [np.random.default_rng([seed, epoch]).permutation(num_examples)[:per_epoch * batch_size]
-            for epoch in range(-(-steps // per_epoch))]
-  return np.concatenate(epochs).reshape(-1, batch_size)[:steps]
-
-
-@functools.partial(jax.jit, static_argnames="reduction", donate_argnums=0)
-def _train_chunk(population, images, indices, *, reduction):
-  """len(indices) steps; indices (K, P, B) into the uint8 training images on the device."""
-  batches = images[indices].astype(jnp.float32) / 127.5 - 1.0  # as data.py's pipeline
-  population, metrics = population_lib.multi_step(population, batches, reduction=reduction)
-  return population, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
-
-
-def train_population(config, members: list[dict], images: np.ndarray, steps: int,
-                     steps_per_call: int):
-  """Trains the members together; returns the population and its (chunks, P) metrics."""
-  population = population_lib.create_population(
-      config, **{name: [m[name] for m in members] for name in population_lib.SETTINGS})
-  indices = np.stack([epoch_indices(m["seed"], len(images), config.batch_size, steps)
-                      for m in members], axis=1)  # (steps, P, B)
-  images = jax.device_put(images)
-  history = []
-  for start in range(0, steps, steps_per_call):
-    population, metrics = _train_chunk(
-        population, images, indices[start:start + steps_per_call],
-        reduction=config.energy_reduction)
-    history.append(metrics)
-  history = jax.device_get(history)
-  return population, {name: np.stack([h[name] for h in history]) for name in history[0]}
-
-
 def score_row(evaluator: evaluation.Evaluator, images: np.ndarray) -> dict:
   """The built-in metrics, plus the share of the rarest class (plain data only)."""
   results = evaluator(images)
@@ -142,10 +107,10 @@ def run_study(name: str, config, evaluator: evaluation.Evaluator, references: di
               settings: list[dict], seeds: int, args, grids: dict) -> list[dict]:
   """Trains the study's population, then scores every member; returns the result rows."""
   members = [{"seed": seed, **s} for s, seed in itertools.product(settings, range(seeds))]
-  images, _ = data.load_split(config, "train")
+  config = config.copy_and_resolve_references()
+  config.num_steps, config.steps_per_call = args.steps, args.steps_per_call
   start = time.perf_counter()
-  population, history = train_population(config, members, images, args.steps,
-                                         args.steps_per_call)
+  population, history = population_lib.train_members(config, members)
   jax.block_until_ready(population)
   train_s = time.perf_counter() - start
   logging.info("%s: %d members x %d steps in %.0f s", name, len(members), args.steps, train_s)
@@ -153,8 +118,8 @@ def run_study(name: str, config, evaluator: evaluation.Evaluator, references: di
   sample_key = jax.random.PRNGKey(evaluator.settings.seed)
   grid_key = jax.random.PRNGKey(1)
   rows = []
-  # Training metrics at the end: the mean of the last tenth of the chunks.
-  tail = max(1, len(next(iter(history.values()))) // 10)
+  # Training metrics at the end: the mean of the last tenth of the calls.
+  tail = max(1, next(iter(history.values())).shape[1] // 10)
   for i, member in enumerate(members):
     state = population.member(i)
     grids[f"{name}/{i}"] = evaluation.generate_images(state, grid_key, GRID_SAMPLES)
@@ -162,7 +127,7 @@ def run_study(name: str, config, evaluator: evaluation.Evaluator, references: di
         "study": name, "member": i, "energy": config.energy_reduction, **member,
         "lr_ratio": member["lr_g"] / member["lr_d"], "steps": int(state.step),
         "population_size": len(members), "train_s": round(train_s, 1),
-        **{f"train_{k}": float(np.mean(v[-tail:, i])) for k, v in history.items()},
+        **{f"train_{k}": float(np.mean(v[i, -tail:])) for k, v in history.items()},
         **score_row(evaluator, evaluation.generate_images(state, sample_key, args.eval_samples)),
     })
   for label, reference in references.items():

@@ -1,153 +1,199 @@
-"""A vmapped population: member i is the single run with member i's settings."""
+"""Populations: member i is the single run with member i's settings, for either objective."""
 
 import jax
 import numpy as np
 import pytest
 
-from ebgan_jax import checkpoint, population as population_lib, state as state_lib, train
+from ebgan_jax import (checkpoint, data, population as population_lib, state as state_lib,
+                       train)
 from experiments.configs import mnist_conv, tiny
-from tests import multidevice
+from tests import data_fixtures, multidevice
 
 BATCH = 8
-SETTINGS = {  # three members that differ in every setting
-    "seed": [0, 1, 2],
-    "margin": [0.3, 0.1, 1.0],
-    "lambda_pt": [0.1, 0.0, 1.0],
-    "lr_g": [2e-4, 1e-3, 4e-4],
-    "lr_d": [2e-4, 2e-4, 1e-4],
-}
+STEPS = 4
+STEPS_PER_CALL = 2
+EBGAN_MEMBERS = [  # three members that differ in every setting; two share a seed
+    {"seed": 0, "margin": 0.3, "lambda_pt": 0.1, "lr_g": 2e-4, "lr_d": 2e-4},
+    {"seed": 1, "margin": 0.1, "lambda_pt": 0.0, "lr_g": 1e-3, "lr_d": 2e-4},
+    {"seed": 0, "margin": 1.0, "lambda_pt": 1.0, "lr_g": 4e-4, "lr_d": 1e-4},
+]
+GAN_MEMBERS = [{"seed": 0, "lr_g": 1e-3, "lr_d": 1e-3}, {"seed": 2, "lr_g": 1e-2, "lr_d": 1e-4}]
 
 
-def _config(family="mlp"):
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory):
+  """Random 28x28 images: batches of data_fixtures' constant images give BatchNorm a near-zero
+  variance that amplifies the rounding differences of two programs into real ones."""
+  directory = tmp_path_factory.mktemp("idx")
+  rng = np.random.default_rng(0)
+  for split, count in (("train", 40), ("test", 16)):
+    images, labels = data_fixtures.IDX_NAMES[split]
+    data_fixtures.write_idx(directory / f"{images}.gz",
+                            rng.integers(0, 256, (count, 28, 28), dtype=np.uint8))
+    data_fixtures.write_idx(directory / f"{labels}.gz", (np.arange(count) % 10).astype(np.uint8))
+  return directory
+
+
+def _config(idx_dir, objective="ebgan", family="mlp", optimizers=("adam", "adam")):
   config = mnist_conv.get_config() if family == "conv28" else tiny.get_config()
+  config.idx_dir = str(idx_dir)
   config.batch_size = BATCH
-  # Rounding differs between the vmapped and the single step; Adam's eps 1e-8
+  config.num_steps = STEPS
+  config.steps_per_call = STEPS_PER_CALL
+  config.objective = objective
+  config.optim_d.kind, config.optim_g.kind = optimizers
+  if objective == "gan":
+    config.model.dropout_d = 0.5  # dropout keys under the population's map, too
+  # Rounding differs between the population's and the single step; Adam's eps 1e-8
   # would amplify it to +-lr (see multidevice.tolerant_adam).
   return multidevice.tolerant_adam(config)
 
 
-def _batches(num_steps, num_members, seed=0):
-  rng = np.random.default_rng(seed)
-  return rng.uniform(-1, 1, (num_steps, num_members, BATCH, 28, 28, 1)).astype(np.float32)
-
-
-def _member_config(config, i):
-  """Member i's settings as a single run's config."""
+def _member_config(config, member):
+  """A member's settings as a single run's config."""
   config = config.copy_and_resolve_references()
-  config.seed, config.margin, config.lambda_pt = (
-      SETTINGS[k][i] for k in ("seed", "margin", "lambda_pt"))
-  config.optim_g.learning_rate, config.optim_d.learning_rate = SETTINGS["lr_g"][i], \
-      SETTINGS["lr_d"][i]
+  config.seed = member["seed"]
+  for name in ("margin", "lambda_pt"):
+    config[name] = member.get(name, config[name])
+  config.optim_g.learning_rate, config.optim_d.learning_rate = member["lr_g"], member["lr_d"]
   return config
 
 
-def _single_run(config, i, batches):
-  """Member i's settings as a config, trained by the ordinary jitted step."""
-  config = _member_config(config, i)
+def _single_run(config):
+  """The single run of `config`: train.make_multi_step over data.create_dataset's batches."""
   state = state_lib.create_state(config, jax.random.PRNGKey(config.seed))
-  step = train.make_train_step(config)
-  metrics = []
-  for batch in batches:
-    state, m = step(state, batch)
-    metrics.append(m)
-  return state, metrics
+  batches, _ = data.create_dataset(config, "train")
+  step = train.make_multi_step(config)
+  for _ in range(config.num_steps // config.steps_per_call):
+    state, _ = step(state, np.stack([next(batches) for _ in range(config.steps_per_call)]))
+  return state
 
 
 def _learned(state):
-  """Params, BatchNorm statistics and Adam's moments: what training changes."""
+  """Params, BatchNorm statistics and optimiser state: what training changes."""
   return [(net.params, net.batch_stats, net.opt_state)
           for net in (state.generator, state.discriminator)]
 
 
-@pytest.mark.parametrize("family, num_members, num_steps", [
-    ("mlp", 3, 3),
-    # BatchNorm in both nets and convolutions under vmap; kept small (conv28 compiles slowly).
-    ("conv28", 2, 2),
+@pytest.mark.parametrize("objective, family, optimizers, members, member_map", [
+    ("ebgan", "mlp", ("adam", "adam"), EBGAN_MEMBERS, "vmap"),
+    ("ebgan", "mlp", ("adam", "adam"), EBGAN_MEMBERS, "sequential"),
+    ("gan", "mlp", ("sgd", "adam"), GAN_MEMBERS, "vmap"),
+    ("gan", "mlp", ("sgd", "adam"), GAN_MEMBERS, "sequential"),
+    # BatchNorm in both nets and convolutions; kept small (conv28 compiles slowly), under
+    # the CPU's member map.
+    ("ebgan", "conv28", ("adam", "adam"), EBGAN_MEMBERS[:2], "sequential"),
 ])
-def test_each_member_is_the_single_run_with_its_settings(family, num_members, num_steps):
-  config = _config(family)
-  batches = _batches(num_steps, num_members)
-  settings = {name: values[:num_members] for name, values in SETTINGS.items()}
-  population = population_lib.create_population(config, **settings)
-  assert population.size == num_members
-  step = jax.jit(population_lib.population_step)
-  metrics = []
-  for batch in batches:
-    population, m = step(population, batch)
-    metrics.append(m)
-  for i in range(num_members):
-    single, single_metrics = _single_run(config, i, batches[:, i])
-    member = population.member(i)
-    assert int(member.step) == num_steps
-    for a, b in zip(jax.tree.leaves(_learned(member)), jax.tree.leaves(_learned(single)),
+def test_each_member_is_the_single_run_with_its_settings(idx_dir, objective, family, optimizers,
+                                                         members, member_map):
+  config = _config(idx_dir, objective, family, optimizers)
+  if family == "conv28":
+    # One call: through two BatchNorms per net, float rounding grows to 10% of an
+    # Adam step by step 4, whatever the program.
+    config.num_steps = STEPS_PER_CALL
+  population, history = population_lib.train_members(config, members, member_map=member_map)
+  assert population.size == len(members)
+  assert history["d_loss"].shape == (len(members), config.num_steps // STEPS_PER_CALL)
+  assert not np.any(population.diverged)
+  for i, member in enumerate(members):
+    single = _single_run(_member_config(config, member))
+    state = population.member(i)
+    assert int(state.step) == config.num_steps
+    multidevice.assert_trees_close(_learned(state), _learned(single), f"member {i}",
+                                   atol=multidevice.PARAMS_ATOL)
+
+
+def test_groups_train_apart_each_as_its_single_runs(idx_dir):
+  # Two groups that cannot share a program (architectures of other shapes).
+  config = _config(idx_dir, "gan", optimizers=("adam", "sgd"))
+  wide = config.copy_and_resolve_references()
+  wide.model.size_g, wide.model.n_layer_g = 96, 3
+  for group in (config, wide):
+    population, _ = population_lib.train_members(group, GAN_MEMBERS)
+    for i, member in enumerate(GAN_MEMBERS):
+      multidevice.assert_trees_close(
+          _learned(population.member(i)), _learned(_single_run(_member_config(group, member))),
+          f"member {i} of {group.model}", atol=multidevice.PARAMS_ATOL)
+
+
+@pytest.mark.parametrize("member_map", population_lib.MEMBER_MAPS)
+def test_a_diverging_member_is_frozen_and_the_others_are_untouched(idx_dir, member_map):
+  config = _config(idx_dir, "gan")
+  exploding = [GAN_MEMBERS[0], {"seed": 1, "lr_g": 1e38, "lr_d": 1e38}, GAN_MEMBERS[1]]
+  sane = [GAN_MEMBERS[0], {"seed": 1, "lr_g": 1e-3, "lr_d": 1e-3}, GAN_MEMBERS[1]]
+  frozen, history = population_lib.train_members(config, exploding, member_map=member_map)
+  reference, _ = population_lib.train_members(config, sane, member_map=member_map)
+  assert frozen.diverged.tolist() == [False, True, False]
+  assert not np.isfinite(history["d_loss"][1]).all()
+  # Frozen at its state before the call that diverged: here the initial one.
+  initial = state_lib.create_state(_member_config(config, exploding[1]), jax.random.PRNGKey(1))
+  assert int(frozen.member(1).step) == 0
+  for a, b in zip(jax.tree.leaves(frozen.member(1).generator.params),
+                  jax.tree.leaves(initial.generator.params), strict=True):
+    np.testing.assert_array_equal(a, b)
+  for i in (0, 2):
+    for a, b in zip(jax.tree.leaves(frozen.member(i)), jax.tree.leaves(reference.member(i)),
                     strict=True):
-      np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
-    for t in range(num_steps):
-      for name, value in single_metrics[t].items():
-        np.testing.assert_allclose(metrics[t][name][i], value, rtol=1e-5, atol=1e-6)
+      np.testing.assert_array_equal(a, b)
 
 
-def test_a_member_continues_as_a_single_run(tmp_path):
+def test_member_maps_agree(idx_dir):
+  config = _config(idx_dir)
+  by_map = [population_lib.train_members(config, EBGAN_MEMBERS, member_map=m)[0]
+            for m in population_lib.MEMBER_MAPS]
+  multidevice.assert_trees_close(by_map[0].states, by_map[1].states, "vmap vs sequential",
+                                 atol=multidevice.PARAMS_ATOL)
+
+
+def test_a_member_continues_as_a_single_run(idx_dir, tmp_path):
   """member(i) is a single run's GANState: same pytree, checkpointed and stepped as one."""
-  config = _config()
-  batches = _batches(3, 3, seed=2)
-  population = population_lib.create_population(config, **SETTINGS)
-  step = jax.jit(population_lib.population_step)
-  population, _ = step(population, batches[0])
+  config = _config(idx_dir, "gan", optimizers=("sgd", "adam"))
+  population, _ = population_lib.train_members(config, GAN_MEMBERS)
   member = population.member(1)
-  fresh = state_lib.create_state(_member_config(config, 1), jax.random.PRNGKey(0))
+  member_config = _member_config(config, GAN_MEMBERS[1])
+  fresh = state_lib.create_state(member_config, jax.random.PRNGKey(0))
   # The same leaves at the same paths (tx and apply_fn, static fields, are other objects).
   layout = lambda state: [(jax.tree_util.keystr(path), leaf.shape, leaf.dtype)
                           for path, leaf in jax.tree_util.tree_leaves_with_path(state)]
   assert layout(member) == layout(fresh)
-  # Through an orbax checkpoint and the ordinary jitted step, for two more steps.
   manager = checkpoint.create_manager(str(tmp_path), keep=1)
-  checkpoint.save(manager, member, _member_config(config, 1))
+  checkpoint.save(manager, member, member_config)
   manager.wait_until_finished()
-  single = checkpoint.restore(manager, fresh)
-  single_step = train.make_train_step(_member_config(config, 1))
-  for batch in batches[1:]:
-    population, _ = step(population, batch)
-    single, _ = single_step(single, batch[1])
-  for a, b in zip(jax.tree.leaves(population.member(1)), jax.tree.leaves(single), strict=True):
-    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+  restored = checkpoint.restore(manager, fresh)
+  batch = np.random.default_rng(0).uniform(-1, 1, (1, BATCH, 28, 28, 1)).astype(np.float32)
+  step = train.make_multi_step(member_config)
+  after_restore, _ = step(restored, batch)
+  after_member, _ = step(member, batch)
+  multidevice.assert_trees_close(after_restore, after_member, "restored vs member")
 
 
-def test_members_with_other_settings_diverge():
-  # The settings really reach the step: two members with the same seed and data
-  # but another margin end in other parameters; the same settings in the same ones.
-  settings = {"seed": [0, 0, 0], "margin": [0.3, 0.3, 1.0], "lambda_pt": [0.1] * 3,
-              "lr_g": [2e-4] * 3, "lr_d": [2e-4] * 3}
-  population = population_lib.create_population(_config(), **settings)
-  batch = _batches(1, 1)[0, 0]
-  population, _ = jax.jit(population_lib.population_step)(
-      population, np.stack([batch] * 3))
+def test_members_with_other_settings_end_elsewhere(idx_dir):
+  # The settings reach the step: same seed and data, another margin -> other parameters;
+  # the same settings -> the same ones.
+  members = [{**EBGAN_MEMBERS[0], "margin": m} for m in (0.3, 0.3, 1.0)]
+  population, _ = population_lib.train_members(_config(idx_dir), members)
   params = [jax.tree.leaves(population.member(i).discriminator.params) for i in range(3)]
   assert all(np.array_equal(a, b) for a, b in zip(params[0], params[1]))
   assert any(not np.allclose(a, c) for a, c in zip(params[0], params[2]))
 
 
-def test_multi_step_equals_population_steps():
-  config = _config()
-  batches = _batches(4, 3, seed=1)
-  stepped = population_lib.create_population(config, **SETTINGS)
-  for batch in batches:
-    stepped, last = jax.jit(population_lib.population_step)(stepped, batch)
-  scanned, metrics = jax.jit(population_lib.multi_step)(
-      population_lib.create_population(config, **SETTINGS), batches)
-  assert metrics["d_loss"].shape == (4, 3)
-  for a, b in zip(jax.tree.leaves(scanned), jax.tree.leaves(stepped), strict=True):
-    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
-  for name, value in last.items():
-    np.testing.assert_allclose(metrics[name][-1], value, rtol=1e-5, atol=1e-6)
+def test_members_pad_to_the_device_count():
+  members = [{"seed": i} for i in range(5)]
+  assert population_lib.pad_members(members, 4) == members + [members[-1]] * 3
+  assert population_lib.pad_members(members, 5) == members
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"margin": [0.3]}, "one entry per member"),
-    ({"lr_d": [2e-4, 0.0, 1e-4]}, "lr_d must be > 0"),
-    ({"lambda_pt": [0.1, -1.0, 0.0]}, "lambda_pt must be >= 0"),
-    ({"beta": [1, 2, 3]}, "unknown \\['beta'\\]"),
+@pytest.mark.parametrize("objective, change, message", [
+    ("ebgan", {"margin": [0.3]}, "one entry per member"),
+    ("ebgan", {"lr_d": [2e-4, 0.0, 1e-4]}, "lr_d must be > 0"),
+    ("ebgan", {"lambda_pt": [0.1, -1.0, 0.0]}, "lambda_pt must be >= 0"),
+    ("ebgan", {"beta": [1, 2, 3]}, "unknown \\['beta'\\]"),
+    ("gan", {"margin": [0.3] * 3}, "a gan population takes exactly"),
 ])
-def test_bad_settings_are_rejected(change, message):
+def test_bad_settings_are_rejected(idx_dir, objective, change, message):
+  settings = {name: [m[name] for m in EBGAN_MEMBERS]
+              for name in ("seed", "lr_g", "lr_d", "margin", "lambda_pt")}
+  if objective == "gan":
+    settings = {name: settings[name] for name in ("seed", "lr_g", "lr_d")}
   with pytest.raises(ValueError, match=message):
-    population_lib.create_population(_config(), **{**SETTINGS, **change})
+    population_lib.create_population(_config(idx_dir, objective), **{**settings, **change})

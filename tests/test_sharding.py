@@ -43,6 +43,11 @@ def idx_dir(tmp_path_factory):
                                      height=28, width=28)
 
 
+def test_population_sharded_over_members_equals_one_device(idx_dir):
+  report = _run("check_population_sharding", idx_dir)
+  assert report["devices"] == 8 and report["members"] == 5
+
+
 @pytest.mark.parametrize("family", ["conv28", "mlp", "conv64"])
 def test_sharded_step_equals_one_device(family):
   report = _run("check_step_equality", family, 3)

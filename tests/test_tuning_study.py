@@ -14,19 +14,6 @@ from tests.test_classifier import save_pattern_classifier, write_pattern_idx_dir
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_epoch_indices_are_seeded_shuffled_epochs():
-  indices = tuning_study.epoch_indices(seed=3, num_examples=10, batch_size=4, steps=5)
-  assert indices.shape == (5, 4)
-  # 2 full batches per epoch (the remainder dropped): each epoch's 8 indices are distinct.
-  for epoch in (indices[0:2], indices[2:4]):
-    assert len(set(epoch.ravel())) == 8 and epoch.max() < 10
-  assert not np.array_equal(indices[0:2], indices[2:4])  # each epoch shuffled anew
-  np.testing.assert_array_equal(
-      indices, tuning_study.epoch_indices(seed=3, num_examples=10, batch_size=4, steps=5))
-  assert not np.array_equal(
-      indices, tuning_study.epoch_indices(seed=4, num_examples=10, batch_size=4, steps=5))
-
-
 def _run(module, *args):
   return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True,
                         text=True, timeout=600)
