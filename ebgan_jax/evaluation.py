@@ -123,7 +123,8 @@ class Evaluator:
     """All metrics of images (uint8, or floats in [-1, 1]) against the test split.
 
     Keys: fid, kid(_std), precision, recall, density, coverage; with a
-    classifier of labels also inception_score(_std) and, for plain data,
+    classifier of labels also inception_score(_std), log_is (over all the
+    images: one split) and i_prime (metrics.i_prime) and, for plain data,
     classes_1pct (classes with >= 1% of the samples), kl_to_uniform and
     class_histogram (argmax counts); for stacked MNIST, modes_covered (of
     10^C) and kl_modes_to_uniform instead.
@@ -153,6 +154,8 @@ class Evaluator:
       return results
     results["inception_score"], results["inception_score_std"] = metrics.inception_score(
         probabilities, settings.is_splits)
+    results["log_is"] = metrics.log_inception_score(probabilities)
+    results["i_prime"] = metrics.i_prime(probabilities)
     histogram = metrics.class_histogram(probabilities)
     if self.stacked:
       results.update(metrics.mode_coverage(np.argmax(probabilities, axis=1), len(histogram)))

@@ -1,4 +1,4 @@
-"""Sample-quality metrics on classifier outputs: IS, FD, KID, PRDC, class and mode counts.
+"""Sample-quality metrics on classifier outputs: IS, I', FD, KID, PRDC, class and mode counts.
 
 Pure functions of NumPy (or JAX) arrays, computed in float64 NumPy: no
 TensorFlow, no I/O. "Features" are the penultimate-layer activations of a
@@ -69,6 +69,43 @@ def inception_score(probabilities, num_splits: int = 10) -> tuple[float, float]:
     mean_kl = _entropy_terms(part, marginal).sum(axis=1).mean()
     scores.append(np.exp(mean_kl))
   return float(np.mean(scores)), float(np.std(scores))
+
+
+def log_inception_score(probabilities) -> float:
+  """log IS = E_x KL(p(y|x) || p(y)) over all samples at once (one split, no exp).
+
+  In [0, log C]: 0 when every p(y|x) is the same, log C for confident
+  predictions spread uniformly over the C classes.
+  """
+  p = _as_float64(probabilities)
+  if p.ndim != 2 or len(p) < 1:
+    raise ValueError(f"log_inception_score needs (N, C) probabilities, got shape {p.shape}")
+  return float(_entropy_terms(p, p.mean(axis=0, keepdims=True)).sum(axis=1).mean())
+
+
+# The clip of p(y|x) in I': confident predictions put ~0 on other classes, and
+# log(p(y) / 0) is infinite. 1e-6 bounds one sample's term by about
+# log(1e6) = 13.8; document a comparison's clip with its numbers.
+I_PRIME_CLIP = 1e-6
+
+
+def i_prime(probabilities, clip: float = I_PRIME_CLIP) -> float:
+  """I' = E_x KL(p(y) || p(y|x)), the score of the EBGAN paper's grid search (its Sec. 4.1).
+
+  The pair's order is the paper's: reversed from the inception score's, and
+  no exp. p(y) is the mean of p(y|x) over the samples; both are clipped
+  below at `clip` (I_PRIME_CLIP) so that the score stays finite. 0 when
+  every p(y|x) equals p(y); larger for confident, balanced predictions, up
+  to about (1 - 1/C) log(1 / (C clip)) for one-hot ones over C classes.
+  """
+  p = _as_float64(probabilities)
+  if p.ndim != 2 or len(p) < 1:
+    raise ValueError(f"i_prime needs (N, C) probabilities, got shape {p.shape}")
+  if not 0 < clip < 1:
+    raise ValueError(f"clip must be in (0, 1), got {clip}")
+  marginal = np.maximum(p.mean(axis=0, keepdims=True), clip)
+  conditional = np.maximum(p, clip)
+  return float(np.sum(marginal * (np.log(marginal) - np.log(conditional)), axis=1).mean())
 
 
 def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:

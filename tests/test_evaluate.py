@@ -195,9 +195,9 @@ def test_score_generator_is_reproducible(idx_dir, cache_dir):
   evaluate_state = evaluation.Evaluator(config).score_generator
   first, second = evaluate_state(gan), evaluate_state(gan)
   assert first == second  # the same z every time
-  assert set(first) == {"inception_score", "inception_score_std", "fid", "kid", "kid_std",
-                        "precision", "recall", "density", "coverage", "classes_1pct",
-                        "kl_to_uniform"}
+  assert set(first) == {"inception_score", "inception_score_std", "log_is", "i_prime", "fid",
+                        "kid", "kid_std", "precision", "recall", "density", "coverage",
+                        "classes_1pct", "kl_to_uniform"}
   assert all(isinstance(value, float) and np.isfinite(value) for value in first.values())
   # An untrained generator is far from the test split.
   assert first["fid"] > 0.1 and first["coverage"] < 0.5

@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import re
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -306,3 +307,60 @@ def test_mode_coverage_on_hand_built_stacked_triples():
 def test_mode_coverage_rejects_labels_outside_the_modes():
   with pytest.raises(ValueError, match=r"lie in \[0, 1000\)"):
     metrics.mode_coverage([5, 1000], 1000)
+
+
+# ------------------------------------------------------------- I' and log-IS
+
+
+def _one_hot(labels, num_classes=10):
+  return np.eye(num_classes)[labels]
+
+
+def test_i_prime_is_zero_when_every_prediction_is_the_marginal():
+  rng = np.random.default_rng(0)
+  row = rng.dirichlet(np.ones(10))
+  assert metrics.i_prime(np.tile(row, (50, 1))) == pytest.approx(0.0, abs=1e-12)
+  assert metrics.log_inception_score(np.tile(row, (50, 1))) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_i_prime_of_confident_balanced_predictions_is_the_clipped_bound():
+  """One-hot rows spread evenly over C classes: p(y) = 1/C, so each sample's KL is
+  (C - 1)/C * log((1/C) / clip) + (1/C) * log(1/C)."""
+  probabilities = _one_hot(np.arange(100) % 10)
+  clip, c = 1e-6, 10
+  expected = (c - 1) / c * np.log(1 / (c * clip)) + np.log(1 / c) / c
+  assert metrics.i_prime(probabilities, clip) == pytest.approx(expected, rel=1e-9)
+  assert metrics.log_inception_score(probabilities) == pytest.approx(np.log(c), rel=1e-9)
+  # A looser clip caps it lower: the clip sets the scale, and results name it.
+  assert metrics.i_prime(probabilities, 1e-3) < expected
+
+
+def test_i_prime_grows_with_confidence_and_balance():
+  rng = np.random.default_rng(1)
+  labels = np.arange(200) % 10
+  scores = []
+  for confidence in (0.2, 0.5, 0.9, 0.999):
+    p = np.full((200, 10), (1 - confidence) / 9)
+    p[np.arange(200), labels] = confidence
+    scores.append(metrics.i_prime(p))
+  assert scores == sorted(scores) and scores[0] > 0
+  # Confident but collapsed onto one class: p(y) is that class, and I' is ~0 again.
+  collapsed = _one_hot(np.zeros(200, int))
+  assert metrics.i_prime(collapsed) == pytest.approx(0.0, abs=1e-9)
+  # Half the classes, confidently: less than all ten.
+  half = _one_hot(rng.integers(0, 5, 200))
+  assert 0 < metrics.i_prime(half) < metrics.i_prime(_one_hot(labels))
+
+
+def test_log_inception_score_is_the_log_of_one_split_inception_score():
+  p = np.random.default_rng(2).dirichlet(np.full(10, 0.3), size=300)
+  mean, _ = metrics.inception_score(p, num_splits=1)
+  assert metrics.log_inception_score(p) == pytest.approx(np.log(mean), rel=1e-12)
+
+
+@pytest.mark.parametrize("bad, message", [(np.ones(10), "(N, C)"), (np.ones((0, 10)), "(N, C)")])
+def test_i_prime_rejects_bad_shapes(bad, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    metrics.i_prime(bad)
+  with pytest.raises(ValueError, match=re.escape(message)):
+    metrics.log_inception_score(bad)
