@@ -205,12 +205,21 @@ def member_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(MEMBER_AXIS))
 
 
+def _check_splits(size: int, mesh: Mesh) -> None:
+  if size % mesh.size:
+    raise ValueError(f"a population of {size} members does not split over "
+                     f"{mesh.size} devices; give a multiple of {mesh.size} (pad_members)")
+
+
 def shard(population: Population, mesh: Mesh) -> Population:
   """Lays the members along MEMBER_AXIS; the size must be a multiple of the device count."""
-  if population.size % mesh.size:
-    raise ValueError(f"a population of {population.size} members does not split over "
-                     f"{mesh.size} devices; give a multiple of {mesh.size} (pad_members)")
+  _check_splits(population.size, mesh)
   return jax.device_put(population, member_sharded(mesh))
+
+
+def _global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A global array from one every process holds whole (any number of processes)."""
+  return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
 def make_multi_step(mesh: Mesh, member_map: str | None = None):
@@ -263,39 +272,38 @@ def train_members(config, members: Sequence[dict], mesh: Mesh | None = None,
   mesh = make_mesh() if mesh is None else mesh
   objective = objectives.from_config(config)
   padded = pad_members(list(members), mesh.size)
-  population = create_population(
-      config, **{name: [m[name] for m in padded] for name in settings_of(objective)})
-  population = shard(population, mesh)
+  _check_splits(len(padded), mesh)
+  settings = {name: [m[name] for m in padded] for name in settings_of(objective)}
+  # Initialised inside one program that lays the members out: every process
+  # makes its own devices' members (several hosts under jax.distributed).
+  population = jax.jit(lambda: create_population(config, **settings),
+                       out_shardings=member_sharded(mesh))()
   seeds = sorted({m["seed"] for m in padded})
-  streams = jax.device_put(np.asarray([seeds.index(m["seed"]) for m in padded], np.int32),
-                           member_sharded(mesh))
+  streams = _global(np.asarray([seeds.index(m["seed"]) for m in padded], np.int32),
+                    member_sharded(mesh))
   # One stream per distinct seed, read whole by every process: members live on any device.
   datasets = [data.create_dataset(_with_seed(config, seed), "train", process_index=0,
                                   process_count=1)[0] for seed in seeds]
   step = make_multi_step(mesh, member_map)
+  replicated = NamedSharding(mesh, PartitionSpec())
   history, done = [], 0
   while done < config.num_steps:
     k = min(config.steps_per_call, config.num_steps - done)
     batches = np.stack([np.stack([next(d) for d in datasets]) for _ in range(k)])
-    population, metrics = step(population, jax.device_put(batches, NamedSharding(
-        mesh, PartitionSpec())), streams)
+    population, metrics = step(population, _global(batches, replicated), streams)
     history.append(metrics)
     done += k
     if on_chunk is not None:
       on_chunk(done)
-  history = multihost_utils.process_allgather(history, tiled=True)
+  # Every process gets every member back, on its default device, for sampling and scoring.
+  population, history = jax.device_put(
+      multihost_utils.process_allgather((population, history), tiled=True))
   history = {name: np.stack([h[name] for h in history], axis=1)[:len(members)]
              for name in history[0]} if history else {}
-  return _first(population, len(members)), history
+  return jax.tree.map(lambda x: x[:len(members)], population), history
 
 
 def _with_seed(config, seed: int):
   config = config.copy_and_resolve_references()
   config.seed = int(seed)
   return config
-
-
-def _first(population: Population, n: int) -> Population:
-  if population.size == n:
-    return population
-  return jax.tree.map(lambda x: x[:n], population)

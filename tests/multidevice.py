@@ -219,12 +219,8 @@ def measure_rates(family: str):
                     "steps_per_s_1_device": one_rate}))
 
 
-def check_population_sharding(idx_dir: str):
-  """A population over all devices (members along MEMBER_AXIS) equals it on one device.
-
-  Five members on 8 devices: padded to 8, the padding dropped. Member 3 diverges
-  (lr 1e38), so the frozen member is compared too.
-  """
+def population_setting(idx_dir: str):
+  """Five members of the tiny config, 4 steps; member 3 diverges (lr 1e38)."""
   config = tolerant_adam(tiny.get_config())
   config.idx_dir = idx_dir
   config.batch_size = GLOBAL_BATCH
@@ -232,6 +228,16 @@ def check_population_sharding(idx_dir: str):
   members = [{"seed": i % 3, "margin": 0.1 * (i + 1), "lambda_pt": 0.1, "lr_g": 1e-3,
               "lr_d": 1e-3} for i in range(5)]
   members[3]["lr_d"] = 1e38
+  return config, members
+
+
+def check_population_sharding(idx_dir: str):
+  """A population over all devices (members along MEMBER_AXIS) equals it on one device.
+
+  Five members on 8 devices: padded to 8, the padding dropped; the frozen
+  member is compared too.
+  """
+  config, members = population_setting(idx_dir)
   mesh = population.make_mesh()
   # Each device holds one member's slice of every leaf.
   padded = population.pad_members(members, mesh.size)
@@ -248,6 +254,17 @@ def check_population_sharding(idx_dir: str):
                              atol=PARAMS_ATOL)
   assert_trees_close(sharded_history, one_history, "metrics", rtol=METRICS_RTOL)
   print(json.dumps({"devices": mesh.size, "members": len(members), "max_abs_error": error}))
+
+
+def check_population_processes(idx_dir: str, port: str, process_id: str, out: str):
+  """One process of a population trained by two (jax.distributed on localhost)."""
+  jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=int(process_id))
+  config, members = population_setting(idx_dir)
+  trained, history = population.train_members(config, members)
+  np.savez(out, *leaves(trained.states), diverged=np.asarray(trained.diverged),
+           d_loss=history["d_loss"])
+  print(json.dumps({"process": jax.process_index(), "devices": jax.device_count(),
+                    "local_devices": jax.local_device_count()}))
 
 
 if __name__ == "__main__":

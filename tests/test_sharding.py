@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from ebgan_jax import checkpoint, data, train
+from ebgan_jax import checkpoint, data, population, train
 from experiments import trainer
 from experiments.configs import tiny
 from tests import data_fixtures, multidevice
@@ -24,9 +24,9 @@ from tests import data_fixtures, multidevice
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _run(check, *args, devices=8, background=False):
+def _run(check, *args, devices=8, background=False, env=None):
   env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-         "JAX_PLATFORMS": "cpu"}
+         "JAX_PLATFORMS": "cpu", **(env or {})}
   command = [sys.executable, "-m", "tests.multidevice", check, *map(str, args)]
   if background:
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
@@ -46,6 +46,30 @@ def idx_dir(tmp_path_factory):
 def test_population_sharded_over_members_equals_one_device(idx_dir):
   report = _run("check_population_sharding", idx_dir)
   assert report["devices"] == 8 and report["members"] == 5
+
+
+def test_two_processes_train_a_population_as_one(idx_dir, tmp_path):
+  """Two processes x 2 CPU devices: the members spread over both hosts, and each process
+  gets back the population one process trains alone."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  env = {"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
+  runs = [_run("check_population_processes", idx_dir, port, i, tmp_path / f"{i}.npz",
+               devices=2, background=True, env=env) for i in (0, 1)]
+  for process in runs:
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-4000:]
+    report = json.loads(stdout.strip().splitlines()[-1])
+    assert report["devices"] == 4 and report["local_devices"] == 2
+  config, members = multidevice.population_setting(str(idx_dir))
+  alone, history = population.train_members(config, members)
+  for i in (0, 1):
+    with np.load(tmp_path / f"{i}.npz") as got:
+      assert got["diverged"].tolist() == alone.diverged.tolist() == [False] * 3 + [True, False]
+      np.testing.assert_allclose(got["d_loss"], history["d_loss"], rtol=multidevice.METRICS_RTOL)
+      trained = [got[f"arr_{k}"] for k in range(len(got.files) - 2)]
+      _assert_leaves_close(trained, [np.asarray(x) for x in jax.tree.leaves(alone.states)])
 
 
 @pytest.mark.parametrize("family", ["conv28", "mlp", "conv64"])
