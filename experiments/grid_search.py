@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 
 from ebgan_jax import data, evaluation, objectives, population as population_lib, viz
-from experiments import cli
+from experiments import cli, trainer
 from experiments.configs import grid_mnist
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "grid_mnist.py")
@@ -245,6 +245,8 @@ def main(argv):
   _check(config)
   runs = select(enumerate_runs(config), config)
   plan = groups(runs)
+  for members in plan.values():  # every group's config, before anything is trained
+    trainer.validate_config(group_config(config, members[0]))
   results_path = os.path.join(args.workdir, RESULTS)
   try:
     evaluator = evaluation.Evaluator(config)
@@ -362,4 +364,4 @@ def draw_figures(rows: list[dict], workdir: str) -> None:
 
 
 if __name__ == "__main__":
-  cli.run(main, define_flags, bad_input=(GridError,))
+  cli.run(main, define_flags, bad_input=(GridError, trainer.ConfigError))

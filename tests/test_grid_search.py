@@ -152,6 +152,9 @@ def test_a_killed_grid_resumes_without_retraining_finished_groups(tiny_inputs, t
     (["--config.grid.subset=huge"], "grid.subset must be one of ('full', 'reduced', 'tiny')"),
     (["--config.grid.epochs=0"], "grid.epochs must be > 0, got 0"),
     (["--config.grid.eval_samples=2"], "grid.eval_samples must be >= 10, got 2"),
+    (["--config.margin=-1"], "margin must be >= 0, got -1"),
+    (["--config.grid.n_layer_d=(1,2)"],
+     "model family 'mlp' needs n_layer_g >= 1 and n_layer_d >= 2"),
 ])
 def test_bad_grid_config_is_one_line_and_writes_nothing(args, message, tmp_path):
   workdir = tmp_path / "grid"

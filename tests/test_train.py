@@ -279,3 +279,29 @@ def test_bad_energy_reduction_is_rejected():
   config.energy_reduction = "l1"
   with pytest.raises(ValueError, match="energy_reduction must be one of"):
     train.make_train_step(config)
+
+
+def test_gan_updates_move_the_logits_the_right_way():
+  """The GAN objective through the real updates: D's step raises its logits on real images
+  and lowers them on fakes; G's step (non-saturating loss) raises D's logit of its fakes."""
+  config = _config("mlp")
+  config.objective = "gan"
+  config.optim_d.learning_rate = config.optim_g.learning_rate = 1e-3
+  state = state_lib.create_state(config, jax.random.PRNGKey(0))
+  gan, key, real, z = objectives.GAN(), jax.random.PRNGKey(3), _batch(), _z(state)
+
+  def logits(state, images):
+    d = state.discriminator
+    return d.apply_fn({"params": d.params, "batch_stats": d.batch_stats}, images,
+                      train=False)[0]
+
+  def fakes(state):
+    return train.generate(state, jax.random.PRNGKey(2), BATCH)
+
+  after_d, metrics = train.update_discriminator(state, real, z, key, {}, objective=gan)
+  assert set(metrics) == {"d_loss", "d_real", "d_fake"}
+  assert jnp.mean(logits(after_d, real)) > jnp.mean(logits(state, real))
+  assert jnp.mean(logits(after_d, fakes(state))) < jnp.mean(logits(state, fakes(state)))
+  after_g, metrics = train.update_generator(after_d, z, key, {}, objective=gan)
+  assert set(metrics) == {"g_loss"}
+  assert jnp.mean(logits(after_d, fakes(after_g))) > jnp.mean(logits(after_d, fakes(after_d)))
