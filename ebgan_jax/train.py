@@ -1,7 +1,8 @@
-"""The EBGAN training step and sampling, as pure functions of a GANState.
+"""The training step and sampling, as pure functions of a GANState.
 
 One step (docs/design.md): one D update on (real batch, fresh z), then one G update
-on another fresh z. Each update advances only its own net's BatchNorm
+on another fresh z, with the losses of an objective of objectives.py (EBGAN or
+the GAN baseline). Each update advances only its own net's BatchNorm
 statistics: the other net runs in training mode (batch statistics) but its
 running averages are left as they were.
 
