@@ -177,8 +177,7 @@ def test_conv64_trains():
   # Jitted: one compilation of both inits, faster than running them op by op.
   state = jax.jit(functools.partial(state_lib.create_state, config))(jax.random.PRNGKey(0))
   initial = np.asarray(state.generator.params["Dense_0"]["kernel"])
-  step = jax.jit(functools.partial(train.train_step, margin=config.margin,
-                                   lambda_pt=config.lambda_pt))
+  step = train.make_train_step(config)
   batches = np.random.default_rng(0).uniform(-1, 1, (3, 4, 64, 64, 3)).astype(np.float32)
   for batch in batches:
     state, metrics = step(state, batch)
