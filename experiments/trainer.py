@@ -24,7 +24,8 @@ from ebgan_jax import (checkpoint, data, evaluation, models, objectives, state a
 
 # Part of the config that fixes parameter shapes: a checkpoint restores only
 # into the same values.
-# The objective too: it sets D's head. Checkpoints saved before the field existed are EBGAN's.
+# The objective too: it sets D's head. Checkpoints saved before the field existed, and
+# configs without it, are EBGAN's.
 ARCHITECTURE_FIELDS = ("model", "image_shape", "z_dim", "objective")
 _SAVED_BEFORE_FIELD = {"objective": "ebgan"}
 GRID_SIZE = 64
@@ -98,10 +99,11 @@ def _check_architecture(manager, config) -> None:
   asked = json.loads(config.to_json_best_effort())  # the form it was saved in
   for field in ARCHITECTURE_FIELDS:
     saved_value = saved.get(field, _SAVED_BEFORE_FIELD.get(field))
-    if saved_value != asked[field]:
+    asked_value = asked.get(field, _SAVED_BEFORE_FIELD.get(field))
+    if saved_value != asked_value:
       raise ConfigError(
           f"the checkpoints in {manager.directory} were trained with {field}={saved_value}, "
-          f"but the config asks for {field}={asked[field]}; use a new --workdir or the saved "
+          f"but the config asks for {field}={asked_value}; use a new --workdir or the saved "
           f"config")
 
 
