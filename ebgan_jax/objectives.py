@@ -21,6 +21,7 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ebgan_jax import losses
 
@@ -104,10 +105,16 @@ def from_config(config):
   return OBJECTIVES[name].from_config(config)
 
 
+def check_hyperparameters(objective, values) -> None:
+  """Raises ValueError unless each of the objective's hyperparameters in `values` (a float,
+  or one per member of a population) is >= 0."""
+  for name in objective.hyperparameters:
+    if not all(v >= 0 for v in np.atleast_1d(values[name])):
+      raise ValueError(f"{name} must be >= 0, got {values[name]}")
+
+
 def hyperparameters(objective, config) -> dict[str, float]:
   """The objective's hyperparameters read from `config`, as floats (each must be >= 0)."""
   values = {name: float(config[name]) for name in objective.hyperparameters}
-  for name, value in values.items():
-    if not value >= 0:
-      raise ValueError(f"{name} must be >= 0, got {value}")
+  check_hyperparameters(objective, values)
   return values

@@ -108,9 +108,8 @@ def create_population(config, **settings) -> Population:
   sizes = {name: len(values) for name, values in settings.items()}
   if len(set(sizes.values())) != 1 or not sizes["seed"]:
     raise ValueError(f"every setting needs one entry per member (at least one), got {sizes}")
-  for name in objective.hyperparameters:
-    if min(settings[name]) < 0:
-      raise ValueError(f"{name} must be >= 0 for every member, got {list(settings[name])}")
+  objectives.check_hyperparameters(objective, {name: list(settings[name])
+                                               for name in objective.hyperparameters})
   for name in ("lr_g", "lr_d"):
     if min(settings[name]) <= 0:
       raise ValueError(f"{name} must be > 0 for every member, got {list(settings[name])}")
