@@ -291,6 +291,12 @@ def test_build_models_accepts_config_dict():
     ({"family": "conv28"}, (32, 32, 3), "needs 28x28 images"),
     ({"family": "mlp", "n_layer_d": 1}, (28, 28, 1), "n_layer_d >= 2"),
     ({"family": "mlp", "dropout_d": 1.0}, (28, 28, 1), "dropout_d is a rate"),
+    ({"family": "conv64"}, (28, 28, 1), "'conv64' needs 64x64 images, got image_shape (28, 28, 1)"),
+    ({"family": "conv128"}, (64, 64, 3), "'conv128' needs 128x128 images"),
+    ({"family": "conv64", "g_width": 100}, (64, 64, 3), "g_width a positive multiple of 8"),
+    ({"family": "conv128", "g_width": 8}, (128, 128, 3), "g_width a positive multiple of 16"),
+    ({"family": "conv64", "d_width": 0}, (64, 64, 3), "d_width >= 1"),
+    ({"family": "conv64", "embedding_dim": 8}, (64, 64, 3), "bad fields for model family 'conv64'"),
 ])
 def test_bad_model_config_is_a_clear_error(model_config, image_shape, message):
   with pytest.raises(ValueError, match=re.escape(message)):
