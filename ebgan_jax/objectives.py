@@ -22,6 +22,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from ebgan_jax import losses
 
@@ -29,23 +30,79 @@ Outputs = tuple[jax.Array, jax.Array]  # D's (head, embedding) on one batch
 HyperParameters = dict[str, jax.Array]
 
 
+# The shapes a margin schedule can take: optax schedules of the step falling from 1 to 0
+# over `steps` steps after `begin`; the margin is end + (start - end) * shape(step).
+MARGIN_SCHEDULES = {
+    "constant": None,
+    "linear": lambda steps, begin: optax.linear_schedule(1.0, 0.0, steps, begin),
+    "cosine": lambda steps, begin: optax.join_schedules(
+        [optax.constant_schedule(1.0), optax.cosine_decay_schedule(1.0, steps)], [begin]),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class MarginSchedule:
+  """How the margin moves with the step: constant (the default), or a linear or
+  cosine decay from `margin` to `margin_end` over `decay_steps` steps, starting
+  at step `decay_begin`, and `margin_end` after that.
+
+  The shape is static (one per population); the start and end values are
+  hyperparameters, so the members of a population can differ in them.
+  """
+
+  kind: str = "constant"
+  decay_steps: int = 0
+  decay_begin: int = 0
+
+  def __post_init__(self):
+    if self.kind not in MARGIN_SCHEDULES:
+      raise ValueError(f"margin_schedule must be one of {tuple(MARGIN_SCHEDULES)}, "
+                       f"got {self.kind!r}")
+    if self.kind != "constant" and (self.decay_steps < 1 or self.decay_begin < 0):
+      raise ValueError(f"a {self.kind} margin schedule needs margin_decay_steps >= 1 and "
+                       f"margin_decay_begin >= 0, got {self.decay_steps} and {self.decay_begin}")
+
+  @classmethod
+  def from_config(cls, config) -> "MarginSchedule":
+    """From config.margin_schedule, margin_decay_steps, margin_decay_begin (absent: constant)."""
+    return cls(config.get("margin_schedule", "constant"),
+               int(config.get("margin_decay_steps", 0)), int(config.get("margin_decay_begin", 0)))
+
+  def margin(self, hparams: HyperParameters, step: jax.Array) -> jax.Array:
+    """The margin at `step`, from hparams' margin (the start) and margin_end."""
+    if self.kind == "constant":
+      return hparams["margin"]
+    shape = MARGIN_SCHEDULES[self.kind](self.decay_steps, self.decay_begin)(step)
+    return hparams["margin_end"] + (hparams["margin"] - hparams["margin_end"]) * shape
+
+
 @dataclasses.dataclass(frozen=True)
 class EBGAN:
   """The paper's Eqs. 1-2: D an auto-encoder, energy its reconstruction error."""
 
   reduction: str = "mean"
+  margin_schedule: MarginSchedule = MarginSchedule()
 
   name: ClassVar[str] = "ebgan"
   d_head: ClassVar[str] = "reconstruction"
-  hyperparameters: ClassVar[tuple[str, ...]] = ("margin", "lambda_pt")
   metric_names: ClassVar[tuple[str, ...]] = ("energy_real", "energy_fake", "hinge_active", "pt")
 
   def __post_init__(self):
     losses.check_reduction(self.reduction)
 
+  @property
+  def hyperparameters(self) -> tuple[str, ...]:
+    scheduled = self.margin_schedule.kind != "constant"
+    return ("margin", "lambda_pt", *(("margin_end",) if scheduled else ()))
+
   @classmethod
   def from_config(cls, config) -> "EBGAN":
-    return cls(reduction=config.energy_reduction)
+    return cls(reduction=config.energy_reduction,
+               margin_schedule=MarginSchedule.from_config(config))
+
+  def scheduled(self, hparams: HyperParameters, step: jax.Array) -> HyperParameters:
+    """hparams with the margin of `step` in place of the schedule's start."""
+    return {**hparams, "margin": self.margin_schedule.margin(hparams, step)}
 
   def discriminator_loss(self, hparams: HyperParameters, real: jax.Array, d_real: Outputs,
                          fake: jax.Array, d_fake: Outputs):
@@ -77,6 +134,10 @@ class GAN:
   def from_config(cls, config) -> "GAN":
     del config  # no static setting
     return cls()
+
+  def scheduled(self, hparams: HyperParameters, step: jax.Array) -> HyperParameters:
+    del step  # nothing moves
+    return hparams
 
   def discriminator_loss(self, hparams: HyperParameters, real: jax.Array, d_real: Outputs,
                          fake: jax.Array, d_fake: Outputs):

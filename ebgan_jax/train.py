@@ -95,7 +95,7 @@ def sample_z(key: jax.Array, n: int, z_dim: int) -> jax.Array:
   return jax.random.uniform(key, (n, z_dim), minval=-1.0, maxval=1.0)
 
 
-def _apply_train(net: TrainState, params, x: jax.Array, dropout_key: jax.Array):
+def apply_train(net: TrainState, params, x: jax.Array, dropout_key: jax.Array):
   """Runs a net in training mode; returns (outputs, its updated batch_stats)."""
   outputs, updates = net.apply_fn(
       {"params": params, "batch_stats": net.batch_stats}, x, train=True,
@@ -107,13 +107,13 @@ def discriminator_objective(d_params, g_params, state: GANState, real: jax.Array
                             dropout_key: jax.Array, hparams, *, objective):
   """L_D as a function of D's params; G's output is a constant here."""
   g, d = state.generator, state.discriminator
-  fake, _ = _apply_train(g, g_params, z, dropout_key)
+  fake, _ = apply_train(g, g_params, z, dropout_key)
   fake = jax.lax.stop_gradient(fake)
   d_real_key, d_fake_key = jax.random.split(dropout_key)
   # Real and fake go through D separately, each normalised by its own batch,
   # and D's running statistics see both.
-  d_real, d_stats = _apply_train(d, d_params, real, d_real_key)
-  d_fake, d_stats = _apply_train(d.replace(batch_stats=d_stats), d_params, fake, d_fake_key)
+  d_real, d_stats = apply_train(d, d_params, real, d_real_key)
+  d_fake, d_stats = apply_train(d.replace(batch_stats=d_stats), d_params, fake, d_fake_key)
   loss, metrics = objective.discriminator_loss(hparams, real, d_real, fake, d_fake)
   return loss, (d_stats, metrics)
 
@@ -122,8 +122,8 @@ def generator_objective(g_params, d_params, state: GANState, z: jax.Array,
                         dropout_key: jax.Array, hparams, *, objective):
   """L_G as a function of G's params."""
   g_key, d_key = jax.random.split(dropout_key)
-  fake, g_stats = _apply_train(state.generator, g_params, z, g_key)
-  d_fake, _ = _apply_train(state.discriminator, d_params, fake, d_key)
+  fake, g_stats = apply_train(state.generator, g_params, z, g_key)
+  d_fake, _ = apply_train(state.discriminator, d_params, fake, d_key)
   loss, metrics = objective.generator_loss(hparams, fake, d_fake)
   return loss, (g_stats, metrics)
 
@@ -155,13 +155,16 @@ def train_step(state: GANState, batch: jax.Array, hparams: objectives.HyperParam
   """One D update then one G update, each on fresh z; returns the new state and metrics.
 
   `hparams` holds the objective's hyperparameters (for EBGAN: margin and
-  lambda_pt) as scalars; `objective` (static) is an entry of
-  objectives.OBJECTIVES. Metrics: d_loss and g_loss, and the objective's
-  metric_names (EBGAN: energy_real, energy_fake, hinge_active, the fraction
-  of fakes with E < m, from the D update; pt from the G update).
+  lambda_pt, and margin_end under a margin schedule) as scalars; `objective`
+  (static) is an entry of objectives.OBJECTIVES, and its `scheduled` gives
+  the values of this step (EBGAN: the margin of its schedule). Metrics:
+  d_loss and g_loss, and the objective's metric_names (EBGAN: energy_real,
+  energy_fake, hinge_active, the fraction of fakes with E < m, from the D
+  update; pt from the G update).
   """
   step_key = jax.random.fold_in(state.key, state.step)
   z_d_key, z_g_key, dropout_d_key, dropout_g_key = jax.random.split(step_key, 4)
+  hparams = objective.scheduled(hparams, state.step)
   n = batch.shape[0]
   state, d_metrics = update_discriminator(
       state, batch, sample_z(z_d_key, n, state.z_dim), dropout_d_key, hparams,
@@ -207,7 +210,7 @@ def compiler_options(mesh: Mesh) -> dict | None:
   return {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 
-def _jit(step, mesh: Mesh, batch_sharding: NamedSharding) -> Step:
+def jit_step(step, mesh: Mesh, batch_sharding: NamedSharding) -> Step:
   """Jits `step` over `mesh`, the state replicated and donated, so it is updated in place."""
   return jax.jit(step, in_shardings=(replicated(mesh), batch_sharding),
                  out_shardings=replicated(mesh), donate_argnums=0,
@@ -231,7 +234,8 @@ def make_train_step(config, mesh: Mesh | None = None) -> Step:
     mesh: default `make_mesh()`, all devices.
   """
   mesh = make_mesh() if mesh is None else mesh
-  return _jit(functools.partial(train_step, **_objective(config, mesh)), mesh, batch_sharded(mesh))
+  return jit_step(functools.partial(train_step, **_objective(config, mesh)), mesh,
+                  batch_sharded(mesh))
 
 
 def make_multi_step(config, mesh: Mesh | None = None) -> Step:
@@ -242,8 +246,8 @@ def make_multi_step(config, mesh: Mesh | None = None) -> Step:
   log and check every step. Reads the same config fields as `make_train_step`.
   """
   mesh = make_mesh() if mesh is None else mesh
-  return _jit(functools.partial(multi_step, **_objective(config, mesh)), mesh,
-              batches_sharded(mesh))
+  return jit_step(functools.partial(multi_step, **_objective(config, mesh)), mesh,
+                  batches_sharded(mesh))
 
 
 @functools.partial(jax.jit, static_argnums=2)

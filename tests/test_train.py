@@ -240,14 +240,14 @@ def test_dropout_masks_differ_between_passes_and_steps(monkeypatch):
   config.model.dropout_d = 0.5
   state = state_lib.create_state(config, jax.random.PRNGKey(0))
   d_keys = []
-  real_apply_train = train._apply_train
+  real_apply_train = train.apply_train
 
   def apply_train(net, params, x, dropout_key):
     if x.ndim == 4:  # D's input is images, G's is z
       d_keys.append(np.asarray(dropout_key))
     return real_apply_train(net, params, x, dropout_key)
 
-  monkeypatch.setattr(train, "_apply_train", apply_train)
+  monkeypatch.setattr(train, "apply_train", apply_train)
   for i in range(2):
     state, _ = train.train_step(state, _batch(seed=i), HPARAMS)
   assert len(d_keys) == 6  # per step: D's update on real, then fake; G's update

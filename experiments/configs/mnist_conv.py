@@ -43,6 +43,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.energy_reduction = "mean"
   config.margin = 0.3
   config.lambda_pt = 0.1
+  # The margin's schedule (objectives.MarginSchedule): "constant", or "linear" /
+  # "cosine" from `margin` down to margin_end over margin_decay_steps steps from
+  # step margin_decay_begin (the semi-supervised EBGAN-LN decays it to 0).
+  config.margin_schedule = "constant"
+  config.margin_end = 0.0
+  config.margin_decay_steps = 0
+  config.margin_decay_begin = 0
 
   # Adam per net: Radford et al.'s DCGAN setting, as in the paper, but G's
   # learning rate twice D's. docs/tuning.md: at margins 0.1 to 0.5, lr_G / lr_D

@@ -1,0 +1,89 @@
+"""The margin schedule (objectives.MarginSchedule): its values, and that the step uses them."""
+
+import hypothesis
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ebgan_jax import objectives, state as state_lib, train
+from experiments.configs import tiny
+
+DECAYS = ("linear", "cosine")
+
+
+def _margins(kind, steps, begin, start, end, at):
+  schedule = objectives.MarginSchedule(kind, steps, begin)
+  hparams = {"margin": jnp.float32(start), "margin_end": jnp.float32(end)}
+  return np.array([float(schedule.margin(hparams, jnp.int32(t))) for t in at])
+
+
+def test_the_schedules_take_their_values():
+  at = [0, 10, 15, 20, 30, 1000]
+  np.testing.assert_allclose(_margins("linear", 20, 10, 2.0, 0.0, at),
+                             [2.0, 2.0, 1.5, 1.0, 0.0, 0.0], rtol=1e-6)
+  # Cosine: (1 + cos(pi t / T)) / 2 of the way back from the end.
+  np.testing.assert_allclose(_margins("cosine", 20, 10, 2.0, 0.0, at),
+                             [2.0, 2.0, 2.0 * (1 + np.cos(np.pi / 4)) / 2, 1.0, 0.0, 0.0],
+                             rtol=1e-6)
+  np.testing.assert_allclose(_margins("linear", 4, 0, 1.0, 0.5, [0, 2, 4]), [1.0, 0.75, 0.5])
+  constant = objectives.MarginSchedule()
+  assert float(constant.margin({"margin": jnp.float32(0.3)}, jnp.int32(10**6))) == \
+      pytest.approx(0.3)
+
+
+@hypothesis.given(kind=st.sampled_from(DECAYS), steps=st.integers(1, 500),
+                  begin=st.integers(0, 500), start=st.floats(0, 100), end=st.floats(0, 100))
+def test_a_decay_moves_monotonically_from_start_to_end(kind, steps, begin, start, end):
+  at = np.arange(0, begin + steps + 3, max(1, (begin + steps) // 50))
+  margins = _margins(kind, steps, begin, start, end, [*at, begin, begin + steps])
+  tolerance = 1e-5 * max(start, end, 1.0)
+  assert margins[-2] == pytest.approx(start, abs=tolerance)
+  assert margins[-1] == pytest.approx(end, abs=tolerance)
+  steps_between = np.diff(margins[:-2]) * np.sign(end - start)
+  assert np.all(steps_between >= -tolerance)
+  assert np.all(margins >= min(start, end) - tolerance)
+  assert np.all(margins <= max(start, end) + tolerance)
+
+
+def test_a_scheduled_hyperparameter_only_when_scheduled():
+  config = tiny.get_config()
+  assert objectives.from_config(config).hyperparameters == ("margin", "lambda_pt")
+  config.margin_schedule, config.margin_decay_steps = "cosine", 10
+  objective = objectives.from_config(config)
+  assert objective.hyperparameters == ("margin", "lambda_pt", "margin_end")
+  assert objectives.hyperparameters(objective, config)["margin_end"] == 0.0
+
+
+@pytest.mark.parametrize("kind, steps, begin, message", [
+    ("exponential", 10, 0, "margin_schedule must be one of"),
+    ("linear", 0, 0, "needs margin_decay_steps >= 1"),
+    ("cosine", 10, -1, "margin_decay_begin >= 0"),
+])
+def test_bad_schedules_are_rejected(kind, steps, begin, message):
+  with pytest.raises(ValueError, match=message):
+    objectives.MarginSchedule(kind, steps, begin)
+
+
+def test_the_step_uses_the_margin_of_its_step():
+  # A state at step 6 of a linear decay from 0.5 to 0.1 over 8 steps after step 2 trains
+  # exactly like the constant margin 0.5 - 0.4 * 4 / 8 = 0.3.
+  config = tiny.get_config()
+  config.margin_schedule, config.margin_decay_steps, config.margin_decay_begin = "linear", 8, 2
+  scheduled = objectives.from_config(config)
+  state = state_lib.create_state(config, jax.random.PRNGKey(0)).replace(step=jnp.int32(6))
+  batch = jax.random.uniform(jax.random.PRNGKey(1), (16, 28, 28, 1), minval=-1, maxval=1)
+  hparams = {"margin": 0.5, "lambda_pt": 0.1, "margin_end": 0.1}
+  after, metrics = jax.jit(train.train_step, static_argnames="objective")(
+      state, batch, hparams, objective=scheduled)
+  expected, expected_metrics = jax.jit(train.train_step, static_argnames="objective")(
+      state, batch, {"margin": 0.3, "lambda_pt": 0.1}, objective=objectives.EBGAN())
+  for name in metrics:
+    np.testing.assert_allclose(metrics[name], expected_metrics[name], rtol=1e-5, err_msg=name)
+  np.testing.assert_allclose(jax.tree.leaves(after.discriminator.params)[0],
+                             jax.tree.leaves(expected.discriminator.params)[0], atol=1e-6)
+  # The hinge sees the margin: a margin near the real energies and one far above differ.
+  _, far = jax.jit(train.train_step, static_argnames="objective")(
+      state, batch, {"margin": 5.0, "lambda_pt": 0.1}, objective=objectives.EBGAN())
+  assert float(far["d_loss"]) > float(metrics["d_loss"]) + 1.0
