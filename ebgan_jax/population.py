@@ -113,6 +113,9 @@ def create_population(config, **settings) -> Population:
   for name in ("lr_g", "lr_d"):
     if min(settings[name]) <= 0:
       raise ValueError(f"{name} must be > 0 for every member, got {list(settings[name])}")
+  for name in ("optim_g", "optim_d"):
+    if state_lib.learning_rate_decay(config[name])[0]:
+      raise ValueError(f"a population's learning rates are constant; drop {name}.decay_steps")
 
   def member(key, lr_g, lr_d):
     state = state_lib.create_state(config, key)

@@ -49,8 +49,21 @@ def optimizer_settings(optim_config) -> tuple[str, dict[str, float]]:
   return kind, {name: float(optim_config[name]) for name in OPTIMIZERS[kind][1]}
 
 
+def learning_rate_decay(optim_config) -> tuple[int, int]:
+  """(decay_steps, decay_begin): the learning rate falls linearly to 0 over decay_steps
+  steps from step decay_begin (Rasmus et al.'s ladder-network schedule); (0, 0), the
+  default when absent, keeps it constant."""
+  steps, begin = int(optim_config.get("decay_steps", 0)), int(optim_config.get("decay_begin", 0))
+  if steps < 0 or begin < 0:
+    raise ValueError(f"decay_steps and decay_begin must be >= 0, got {steps} and {begin}")
+  return steps, begin
+
+
 def optimizer(optim_config) -> optax.GradientTransformation:
   kind, settings = optimizer_settings(optim_config)
+  steps, begin = learning_rate_decay(optim_config)
+  if steps:
+    settings["learning_rate"] = optax.linear_schedule(settings["learning_rate"], 0.0, steps, begin)
   return OPTIMIZERS[kind][0](**settings)
 
 

@@ -53,7 +53,7 @@ def _member_config(config, member):
   """A member's settings as a single run's config."""
   config = config.copy_and_resolve_references()
   config.seed = member["seed"]
-  for name in ("margin", "lambda_pt"):
+  for name in ("margin", "lambda_pt", "margin_end"):
     config[name] = member.get(name, config[name])
   config.optim_g.learning_rate, config.optim_d.learning_rate = member["lr_g"], member["lr_d"]
   return config
@@ -177,6 +177,24 @@ def test_members_with_other_settings_end_elsewhere(idx_dir):
   assert any(not np.allclose(a, c) for a, c in zip(params[0], params[2]))
 
 
+def test_members_follow_their_own_margin_schedule(idx_dir):
+  # One schedule's shape for the group, each member's own start and end values.
+  config = _config(idx_dir)
+  config.margin_schedule, config.margin_decay_steps, config.margin_decay_begin = "linear", 2, 1
+  members = [{**EBGAN_MEMBERS[0], "margin": 1.0, "margin_end": 0.0},
+             {**EBGAN_MEMBERS[1], "margin": 0.1, "margin_end": 0.5}]
+  population, _ = population_lib.train_members(config, members)
+  for i, member in enumerate(members):
+    multidevice.assert_trees_close(
+        _learned(population.member(i)), _learned(_single_run(_member_config(config, member))),
+        f"member {i}", atol=multidevice.PARAMS_ATOL)
+  # The schedule reaches the step: held at its start value, member 0 ends elsewhere.
+  constant = _member_config(_config(idx_dir), members[0])
+  held = jax.tree.leaves(_single_run(constant).discriminator.params)
+  scheduled = jax.tree.leaves(population.member(0).discriminator.params)
+  assert any(not np.allclose(a, b, atol=1e-4) for a, b in zip(held, scheduled))
+
+
 def test_members_pad_to_the_device_count():
   members = [{"seed": i} for i in range(5)]
   assert population_lib.pad_members(members, 4) == members + [members[-1]] * 3
@@ -197,3 +215,10 @@ def test_bad_settings_are_rejected(idx_dir, objective, change, message):
     settings = {name: settings[name] for name in ("seed", "lr_g", "lr_d")}
   with pytest.raises(ValueError, match=message):
     population_lib.create_population(_config(idx_dir, objective), **{**settings, **change})
+
+
+def test_a_decaying_learning_rate_is_refused(idx_dir):
+  config = _config(idx_dir)
+  config.optim_d.decay_steps = 5
+  with pytest.raises(ValueError, match="a population's learning rates are constant"):
+    population_lib.train_members(config, EBGAN_MEMBERS[:1])
