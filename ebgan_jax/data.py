@@ -217,6 +217,39 @@ def create_dataset(
   return batches, info
 
 
+def array_batches(
+    images: np.ndarray,
+    labels: np.ndarray | None = None,
+    *,
+    batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator:
+  """This process's endless stream of batches of in-memory uint8 images (N, H, W, C).
+
+  Like create_dataset's stream: float32 images in [-1, 1], every epoch fully
+  shuffled with its own seed drawn from `seed`, each process reading every
+  process_count-th example from its index on, and `start_step` batches left
+  out for an exact resume. With `labels` (N,), yields (images, labels) pairs.
+  """
+  tf = _import_tensorflow()
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  local_batch_size = _local_batch_size(batch_size, process_count)
+  local = slice(process_index, None, process_count)
+  arrays = images[local] if labels is None else (images[local], labels[local])
+  num_local_examples = len(images[local])
+  if num_local_examples == 0:
+    raise ValueError(f"Process {process_index} of {process_count} gets none of the "
+                     f"{len(images)} examples; use fewer processes.")
+  stream = _shuffled(tf.data.Dataset.from_tensor_slices(arrays), num_local_examples,
+                     batch_size=local_batch_size, seed=seed, shuffle_buffer=num_local_examples,
+                     start_step=start_step)
+  return _batches(stream, local_batch_size).as_numpy_iterator()
+
+
 def source_name(config: ml_collections.ConfigDict) -> str:
   """Where config's examples come from.
 
@@ -601,7 +634,8 @@ def _batches(
 ) -> tf.data.Dataset:
   """Turns a stream of uint8 images (or of what `preprocess` makes them from) into batches.
 
-  The batches are float32, normalised, and come in a fixed order.
+  The batches are float32, normalised, and come in a fixed order. A stream of
+  (image, label) pairs gives (images, labels) batches, the labels as they are.
   """
   tf = _import_tensorflow()
   if preprocess is not None:
@@ -611,7 +645,8 @@ def _batches(
   # what a step consumes, and the autotuner's thread sleeps up to a minute
   # between rounds, which the iterator's destructor waited out at the end of
   # every training run.
-  batches = batches.map(_normalize).prefetch(2)
+  batches = batches.map(lambda images, *labels: (_normalize(images), *labels) if labels
+                        else _normalize(images)).prefetch(2)
   options = tf.data.Options()
   options.deterministic = True
   options.autotune.enabled = False

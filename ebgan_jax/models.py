@@ -17,6 +17,8 @@ Families (trainable parameters for 28x28x1 images, z_dim 64):
 The paper's high-resolution families (its Appendix C; RGB images, z_dim 100):
   "conv64"   G 3,576,707   D 1,318,083   (64x64x3, LSUN / CelebA; S is 8x8x256)
   "conv128"  G 12,850,883  D 5,513,923   (128x128x3, ImageNet; S is 8x8x512)
+The semi-supervised EBGAN-LN's (ladder.py; its D's second output is the logits):
+  "ladder"   G as "mlp"    D 3,105,710   (784-1000-500-250-250-250-10, and its decoder)
 
 Every 4x4 stride-2 convolution is either flax's own layer ("native") or its
 matmul form (Conv2x, ConvTranspose2x): `conv_impl_for` picks one per
@@ -32,6 +34,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from ebgan_jax import ladder
 
 # PyTorch's BatchNorm default (running average momentum 0.1) in flax terms.
 _BN_MOMENTUM = 0.9
@@ -375,11 +379,26 @@ def _mlp(image_shape, dtype, conv_impl, n_layer_g=5, size_g=1600, n_layer_d=2, s
           MLPDiscriminator(image_shape, n_layer_d, size_d, dropout_d, head, dtype=dtype))
 
 
+def _ladder(image_shape, dtype, conv_impl, n_layer_g=5, size_g=1600,
+            widths_d=ladder.LADDER_WIDTHS, num_classes=10, noise_std=0.3):
+  """EBGAN-LN's nets (semi_supervised.py): the mlp G, a ladder network as D."""
+  del conv_impl  # no convolutions
+  if n_layer_g < 1 or not widths_d or min(widths_d) < 1 or num_classes < 2 or noise_std < 0:
+    raise ValueError(
+        f"model family 'ladder' needs n_layer_g >= 1, widths_d of positive widths, "
+        f"num_classes >= 2 and noise_std >= 0, got {n_layer_g}, {widths_d}, {num_classes} "
+        f"and {noise_std}")
+  return (MLPGenerator(image_shape, n_layer_g, size_g, dtype=dtype),
+          ladder.LadderNetwork(image_shape, tuple(widths_d), num_classes, noise_std,
+                               dtype=dtype))
+
+
 FAMILIES: dict[str, Callable[..., tuple[nn.Module, nn.Module]]] = {
     "conv28": _conv28,
     "mlp": _mlp,
     "conv64": _conv64,
     "conv128": _conv128,
+    "ladder": _ladder,
 }
 # What each family's D can output first (objectives.py, `d_head`): every D is an
 # auto-encoder; the mlp family's D can end in one logit instead.
