@@ -3,15 +3,18 @@
 `train_and_evaluate(config, workdir)` trains, resuming from the newest
 checkpoint in `workdir/checkpoints`; `sample(config, workdir)` writes
 `workdir/samples.npz` from it. Both validate the config first and raise
-`ConfigError` (one line, for the user) on bad input.
+`ConfigError` (one line, for the user) on bad input. The loop trains a
+`Task`: GENERATIVE (EBGAN, or the GAN baseline) unless another is passed, as
+experiments.semi_supervised passes EBGAN-LN's.
 """
 
+import dataclasses
 import json
 import math
 import os
 import tempfile
 import time
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
@@ -75,10 +78,56 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     objectives.hyperparameters(objective, config)
     for name in ("optim_g", "optim_d"):
       state_lib.optimizer_settings(config[name])
+      state_lib.learning_rate_decay(config[name])
     models.build_models(config.model, config.image_shape, config.compute_dtype,
                         d_head=objective.d_head)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+
+
+Evaluation = Callable[[state_lib.GANState], dict[str, float]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """What train_and_evaluate's one loop trains: its checks, data, steps and evaluation.
+
+  Attributes:
+    validate: config -> None; raises ConfigError on a value that cannot work.
+    create_dataset: (config, start_step) -> (this process's endless host
+      batches, arrays or dicts of arrays, resumed at start_step; a line
+      saying what they are).
+    make_steps: (config, mesh) -> (one-step, K-step) jitted steps that
+      donate the state, like train.make_train_step and make_multi_step.
+    make_evaluation: config -> a function of the state giving the scalars
+      to log (full names) every config.eval_every steps and at the end.
+    draws_samples: config -> whether G's sample grids are worth writing.
+    fixed_fields: config fields that the checkpoints of a workdir fix.
+  """
+
+  validate: Callable[[ml_collections.ConfigDict], None]
+  create_dataset: Callable[[ml_collections.ConfigDict, int], tuple[Iterator[Any], str]]
+  make_steps: Callable[[ml_collections.ConfigDict, Any], tuple[train.Step, train.Step]]
+  make_evaluation: Callable[[ml_collections.ConfigDict], Evaluation]
+  draws_samples: Callable[[ml_collections.ConfigDict], bool] = lambda config: True
+  fixed_fields: tuple[str, ...] = ARCHITECTURE_FIELDS
+
+
+def _generative_dataset(config, start_step: int) -> tuple[Iterator[np.ndarray], str]:
+  batches, info = data.create_dataset(config, "train", start_step=start_step)
+  return batches, f"{info.source}: {info.num_examples} examples of shape {info.image_shape}"
+
+
+def _generative_steps(config, mesh) -> tuple[train.Step, train.Step]:
+  # Compiled on first use only: with K = 1, or boundaries at multiples of K, one
+  # of the two never runs.
+  return train.make_train_step(config, mesh), train.make_multi_step(config, mesh)
+
+
+def _generative_evaluation(config) -> Evaluation:
+  evaluator = _make_evaluator(config)
+  return lambda state: {f"eval/{name}": value
+                        for name, value in evaluator.score_generator(state).items()}
 
 
 def _prepare_workdir(workdir: str) -> None:
@@ -92,12 +141,12 @@ def _prepare_workdir(workdir: str) -> None:
                       f"pass a --workdir you can write to") from None
 
 
-def _check_architecture(manager, config) -> None:
+def _check_architecture(manager, config, fields) -> None:
   saved = checkpoint.saved_config(manager)
   if saved is None:
     return
   asked = json.loads(config.to_json_best_effort())  # the form it was saved in
-  for field in ARCHITECTURE_FIELDS:
+  for field in fields:
     saved_value = saved.get(field, _SAVED_BEFORE_FIELD.get(field))
     asked_value = asked.get(field, _SAVED_BEFORE_FIELD.get(field))
     if saved_value != asked_value:
@@ -107,9 +156,9 @@ def _check_architecture(manager, config) -> None:
           f"config")
 
 
-def _open_checkpoints(config, workdir):
+def _open_checkpoints(config, workdir, fields=ARCHITECTURE_FIELDS):
   manager = checkpoint.create_manager(os.path.join(workdir, "checkpoints"), config.keep)
-  _check_architecture(manager, config)
+  _check_architecture(manager, config, fields)
   return manager
 
 
@@ -190,13 +239,17 @@ def _call_sizes(step: int, config) -> Iterator[int]:
     step += size
 
 
-def _device_batches(batches: Iterator[np.ndarray], call_sizes: Iterator[int], mesh):
-  """(size, the global batch of a single step or the `size` stacked batches of a multi-step)."""
+def _device_batches(batches: Iterator[Any], call_sizes: Iterator[int], mesh):
+  """(size, the global batch of a single step or the `size` stacked batches of a multi-step).
+
+  A batch is an array or a pytree of them (a dict of labelled and unlabelled images).
+  """
   for size in call_sizes:
     if size == 1:
-      yield size, train.global_batch(next(batches), mesh)
+      yield size, jax.tree.map(lambda b: train.global_batch(b, mesh), next(batches))
     else:
-      yield size, train.global_batches(np.stack([next(batches) for _ in range(size)]), mesh)
+      stacked = jax.tree.map(lambda *b: np.stack(b), *(next(batches) for _ in range(size)))
+      yield size, jax.tree.map(lambda b: train.global_batches(b, mesh), stacked)
 
 
 def _write_sample_grid(writer, state, key, workdir) -> None:
@@ -208,25 +261,24 @@ def _write_sample_grid(writer, state, key, workdir) -> None:
   writer.write_images(step, {"samples": grid[None]})
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state_lib.GANState:
-  """Trains until config.num_steps (or config.train_seconds), then checkpoints."""
-  validate_config(config)
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       task: Task | None = None) -> state_lib.GANState:
+  """Trains `task` (default GENERATIVE) until config.num_steps (or config.train_seconds),
+  then checkpoints."""
+  task = GENERATIVE if task is None else task
+  task.validate(config)
   _prepare_workdir(workdir)
-  manager = _open_checkpoints(config, workdir)
+  manager = _open_checkpoints(config, workdir, task.fixed_fields)
   mesh = train.make_mesh()
   state = _initial_state(config, manager, mesh)
   start_step = int(state.step)
   try:  # the data's or the config's fault, never the code's
-    batches, info = data.create_dataset(config, "train", start_step=start_step)
-    train_step = train.make_train_step(config, mesh)
-    # Compiled on first use only: with K = 1, or boundaries at multiples of K, one
-    # of the two never runs.
-    multi_step = train.make_multi_step(config, mesh)
+    batches, description = task.create_dataset(config, start_step)
+    train_step, multi_step = task.make_steps(config, mesh)
   except ValueError as e:
     raise ConfigError(str(e)) from None
-  logging.info("Training on %s: %d examples of shape %s, global batch %d over %d devices "
-               "in %d processes", info.source, info.num_examples, info.image_shape,
-               config.batch_size, mesh.size, jax.process_count())
+  logging.info("Training on %s, global batch %d over %d devices in %d processes",
+               description, config.batch_size, mesh.size, jax.process_count())
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:
@@ -235,7 +287,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
   progress = periodic_actions.ReportProgress(num_train_steps=config.num_steps, writer=writer,
                                              every_secs=30.0)
   metrics_log = _MetricsLog(writer)
-  evaluator = _make_evaluator(config) if config.eval_every else None
+  evaluation = task.make_evaluation(config) if config.eval_every else None
+  draws_samples = task.draws_samples(config)
   deadline = time.monotonic() + config.train_seconds if config.train_seconds else math.inf
   last_saved = manager.latest_step()
 
@@ -260,16 +313,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
       if step % config.checkpoint_every == 0 or step == config.num_steps or out_of_time:
         metrics_log.flush(last_saved)
         last_saved = _save(manager, state, config, step, last_saved)
-      if step % config.sample_every == 0:
+      if draws_samples and step % config.sample_every == 0:
         _write_sample_grid(writer, state, grid_key, workdir)
-      if evaluator and step % config.eval_every == 0:
-        scores = evaluator.score_generator(state)
-        writer.write_scalars(step, {f"eval/{name}": value for name, value in scores.items()})
+      if evaluation and (step % config.eval_every == 0 or step == config.num_steps):
+        writer.write_scalars(step, evaluation(state))
       if out_of_time:
         logging.info("train_seconds=%s spent at step %d", config.train_seconds, step)
         break
     metrics_log.flush(last_saved)
-    if step % config.sample_every:
+    if draws_samples and step % config.sample_every:
       _write_sample_grid(writer, state, grid_key, workdir)
   except data.CorruptImageError as e:  # an image folder's file, found out when its batch came
     kept = f"the last checkpoint is step {last_saved}" if last_saved else "no checkpoint was saved"
@@ -279,6 +331,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> state
     manager.wait_until_finished()
     writer.flush()
   return state
+
+
+GENERATIVE = Task(validate=validate_config, create_dataset=_generative_dataset,
+                  make_steps=_generative_steps, make_evaluation=_generative_evaluation)
 
 
 def _save(manager, state, config, step, last_saved):

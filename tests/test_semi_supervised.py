@@ -1,0 +1,219 @@
+"""Semi-supervised EBGAN-LN: the labelled subset, the ladder's energy and losses, the runner."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import hypothesis
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ebgan_jax import checkpoint, models, semi_supervised, state as state_lib
+from experiments import semi_supervised as experiment, trainer
+from experiments.configs import ladder_fashion, ladder_mnist
+from tests import data_fixtures, multidevice
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory):
+  """Random 28x28 images, 200 train / 50 test, label i % 10."""
+  directory = tmp_path_factory.mktemp("idx")
+  rng = np.random.default_rng(0)
+  for split, count in (("train", 200), ("test", 50)):
+    images, labels = data_fixtures.IDX_NAMES[split]
+    data_fixtures.write_idx(directory / f"{images}.gz",
+                            rng.integers(0, 256, (count, 28, 28), dtype=np.uint8))
+    data_fixtures.write_idx(directory / f"{labels}.gz", (np.arange(count) % 10).astype(np.uint8))
+  return directory
+
+
+def _small(idx_dir, **overrides):
+  """ladder_mnist with small nets and batches, a few steps."""
+  config = ladder_mnist.get_config()
+  config.idx_dir = str(idx_dir)
+  config.model.update(n_layer_g=2, size_g=32, widths_d=(32, 16))
+  config.num_labels = 20
+  config.labelled_batch_size = 10
+  config.batch_size = 16
+  config.num_steps = 12
+  config.steps_per_call = 4
+  config.margin_decay_steps = 12
+  for optim in (config.optim_d, config.optim_g):
+    optim.decay_steps, optim.decay_begin = 4, 8
+  config.log_every = config.eval_every = config.sample_every = config.checkpoint_every = 4
+  config.update(overrides)
+  return config
+
+
+def _batch(config, seed=0):
+  rng = np.random.default_rng(seed)
+  uniform = lambda n: jnp.asarray(rng.uniform(-1, 1, (n, 28, 28, 1)), jnp.float32)
+  return {"labelled": uniform(config.labelled_batch_size),
+          "label": jnp.asarray(rng.integers(0, 10, config.labelled_batch_size), jnp.int32),
+          "unlabelled": uniform(config.batch_size)}
+
+
+def test_the_labelled_subset_is_balanced_and_fixed_by_the_seed():
+  labels = np.random.default_rng(0).integers(0, 10, 5000)
+  subset = semi_supervised.labelled_subset(labels, 100, seed=3)
+  assert len(subset) == len(set(subset)) == 100
+  np.testing.assert_array_equal(np.bincount(labels[subset], minlength=10), [10] * 10)
+  np.testing.assert_array_equal(subset, semi_supervised.labelled_subset(labels, 100, seed=3))
+  other = semi_supervised.labelled_subset(labels, 100, seed=4)
+  assert len(set(subset) & set(other)) < 50
+
+
+@pytest.mark.parametrize("num_labels, message", [
+    (15, "positive multiple of the 10 classes"), (0, "positive multiple"),
+    (1000, "class 0 has 5 training examples, fewer than the 100")])
+def test_a_subset_that_cannot_be_balanced_is_rejected(num_labels, message):
+  with pytest.raises(ValueError, match=message):
+    semi_supervised.labelled_subset(np.arange(50) % 10, num_labels, seed=0)
+
+
+@hypothesis.given(images=st.integers(0, 2**31).map(
+    lambda seed: np.random.default_rng(seed).uniform(-1, 1, (3, 4, 4, 1)).astype(np.float32)),
+    noise=st.floats(1e-3, 1.0), weight=st.floats(1e-2, 1e4))
+def test_the_energy_is_zero_only_for_a_perfect_reconstruction(images, noise, weight):
+  perfect = semi_supervised.energy(images, images, weight)
+  np.testing.assert_array_equal(perfect, np.zeros(3))
+  off = images + noise
+  energy = semi_supervised.energy(images, off, weight)
+  # The mean squared error on [0, 1] pixels, times the weight: (noise / 2)^2 per pixel.
+  np.testing.assert_allclose(energy, weight * (noise / 2) ** 2, rtol=1e-4)
+
+
+def test_without_a_margin_ebgan_ln_falls_back_to_the_ladder_network(idx_dir):
+  # With m = 0 the hinge is 0 (E >= 0): D's loss, its gradient and a whole step of D equal
+  # the LN's, whatever G draws.
+  config = _small(idx_dir, margin=0.0, margin_schedule="constant")
+  state = state_lib.create_state(config, jax.random.PRNGKey(0))
+  batch = _batch(config)
+  fake = jax.random.uniform(jax.random.PRNGKey(5), (16, 28, 28, 1), minval=-1, maxval=1)
+  keys = list(jax.random.split(jax.random.PRNGKey(1), 3))
+  hparams = {"margin": 0.0, "reconstruction_weight": 1000.0}
+  grad = jax.value_and_grad(semi_supervised.discriminator_objective, has_aux=True)
+  (ebgan_loss, _), ebgan_grads = grad(state.discriminator.params, state, batch, fake, keys,
+                                      hparams)
+  (ln_loss, _), ln_grads = grad(state.discriminator.params, state, batch, None, keys, hparams)
+  assert float(ebgan_loss) == float(ln_loss)
+  assert jax.tree.all(jax.tree.map(np.array_equal, ebgan_grads, ln_grads))
+  # With a margin above the fakes' energies the hinge counts.
+  (margin_loss, _), _ = grad(state.discriminator.params, state, batch, fake, keys,
+                             {**hparams, "margin": 1e4})
+  assert float(margin_loss) > float(ln_loss) + 1e3
+
+  settings = semi_supervised.settings(config)
+  steps = {ebgan: jax.jit(lambda s, b, e=ebgan: semi_supervised.train_step(
+      s, b, settings["hparams"], objective=settings["objective"], ebgan=e)) for ebgan in (0, 1)}
+  ln, ln_metrics = steps[0](state, batch)
+  ebgan_ln, metrics = steps[1](state, batch)
+  assert jax.tree.all(jax.tree.map(np.array_equal, ln.discriminator, ebgan_ln.discriminator))
+  assert float(ln_metrics["d_loss"]) == float(metrics["d_loss"])
+  # The LN leaves G alone; EBGAN-LN trains it.
+  assert jax.tree.all(jax.tree.map(np.array_equal, ln.generator.params, state.generator.params))
+  assert not jax.tree.all(jax.tree.map(np.array_equal, ebgan_ln.generator.params,
+                                       state.generator.params))
+
+
+def test_test_time_statistics_come_from_the_unlabelled_images(idx_dir):
+  config = _small(idx_dir)
+  state = state_lib.create_state(config, jax.random.PRNGKey(0))
+  settings = semi_supervised.settings(config)
+  batch = _batch(config)
+  after, _ = semi_supervised.train_step(state, batch, settings["hparams"],
+                                        objective=settings["objective"], ebgan=True)
+  d = state.discriminator
+  _, expected = d.apply_fn({"params": d.params, "batch_stats": d.batch_stats},
+                           batch["unlabelled"], train=True, mutable=["batch_stats"],
+                           rngs={"dropout": jax.random.PRNGKey(0)})  # the clean path: no noise
+  multidevice.assert_trees_close(after.discriminator.batch_stats, expected["batch_stats"],
+                                 "running averages", atol=1e-6)
+
+
+def test_the_ladder_reconstructs_and_classifies():
+  _, d = models.build_models({"family": "ladder", "widths_d": (32, 16)}, (28, 28, 1))
+  x = jax.random.uniform(jax.random.PRNGKey(0), (6, 28, 28, 1), minval=-1, maxval=1)
+  variables = d.init({"params": jax.random.PRNGKey(1)}, x, train=False)
+  (reconstruction, logits), _ = d.apply(variables, x, train=True, mutable=["batch_stats"],
+                                        rngs={"dropout": jax.random.PRNGKey(2)})
+  assert reconstruction.shape == x.shape and logits.shape == (6, 10)
+  clean, clean_logits = d.apply(variables, x, train=False)
+  assert not np.allclose(logits, clean_logits)  # the training call is the corrupted path
+  np.testing.assert_array_equal(clean_logits, d.apply(variables, x, train=False)[1])
+  with pytest.raises(ValueError, match="model family 'ladder' needs"):
+    models.build_models({"family": "ladder", "noise_std": -1.0}, (28, 28, 1))
+
+
+def test_resume_is_exact(idx_dir, tmp_path):
+  straight = trainer.train_and_evaluate(_small(idx_dir), str(tmp_path / "straight"),
+                                        experiment.TASK)
+  trainer.train_and_evaluate(_small(idx_dir, num_steps=4), str(tmp_path / "resumed"),
+                             experiment.TASK)
+  resumed = trainer.train_and_evaluate(_small(idx_dir), str(tmp_path / "resumed"),
+                                       experiment.TASK)
+  assert int(resumed.step) == 12
+  # params, batch_stats, Adam moments, step, key
+  straight_leaves, resumed_leaves = jax.tree.leaves(straight), jax.tree.leaves(resumed)
+  assert len(straight_leaves) == len(resumed_leaves)
+  assert all(np.array_equal(a, b) for a, b in zip(straight_leaves, resumed_leaves))
+  # The LN baseline does not resume an EBGAN-LN workdir, nor another labelled subset.
+  for change in ({"ebgan": False}, {"num_labels": 30}):
+    with pytest.raises(trainer.ConfigError, match=f"were trained with {next(iter(change))}="):
+      trainer.train_and_evaluate(_small(idx_dir, num_steps=16, **change),
+                                 str(tmp_path / "resumed"), experiment.TASK)
+
+
+def _run_cli(*args):
+  return subprocess.run([sys.executable, "-m", "experiments.semi_supervised", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.num_labels=15"], "num_labels must be a positive multiple of the 10 classes"),
+    (["--config.lambda_pt=0.1"], "EBGAN-LN has no pulling-away term"),
+    (["--config.model.family=mlp"], "the semi-supervised experiment trains model family"),
+    (["--config.margin_schedule=step"], "margin_schedule must be one of"),
+    (["--config.eval_every=0"], "eval_every must be >= 1"),
+    (["--config.optim_d.decay_steps=-1"], "decay_steps and decay_begin must be >= 0"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+  result = _run_cli(f"--workdir={tmp_path / 'run'}", *args)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "Traceback" not in result.stderr
+  error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert len(error_lines) == 1 and message in error_lines[0], result.stderr[-2000:]
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_the_ladder_network_learns_on_real_fashion_mnist(tmp_path):
+  """300 steps of the LN with 1,000 labels: far below the 90% test error of chance."""
+  if not FASHION_MNIST.is_dir():
+    if os.environ.get("CI"):
+      pytest.fail(f"{FASHION_MNIST} is missing in CI: .ci/run must install dataset-fashion-mnist")
+    pytest.skip("apt-get install dataset-fashion-mnist for the real-data tests")
+  workdir = tmp_path / "ln"
+  result = _run_cli(f"--config={REPO / 'experiments/configs/ladder_fashion.py'}",
+                    f"--workdir={workdir}", f"--config.idx_dir={FASHION_MNIST}",
+                    "--config.ebgan=False", "--config.num_labels=1000", "--config.num_steps=300",
+                    "--config.eval_every=300", "--config.checkpoint_every=300",
+                    "--config.log_every=100")
+  assert result.returncode == 0, result.stderr[-4000:]
+  errors = [float(line.split("test_error=")[1]) for line in result.stderr.splitlines()
+            if "test_error=" in line]
+  assert len(errors) == 1 and errors[0] < 0.4, errors
+  assert list(workdir.glob("events.out.tfevents.*"))
+  assert not list(workdir.glob("samples_*.png"))  # G is not trained: no grids of noise
+  config = ladder_fashion.get_config()
+  template = state_lib.create_state(config, jax.random.PRNGKey(0))
+  restored = checkpoint.restore(checkpoint.create_manager(str(workdir / "checkpoints"), 1),
+                                template)
+  assert int(restored.step) == 300
