@@ -4,9 +4,12 @@
   python benchmarks/step_throughput.py --all   # conv28 and mlp at batch 64 and 256, conv64 at 64
   python benchmarks/step_throughput.py --family mlp --steps_per_call 16
   python benchmarks/step_throughput.py --family conv64 --steps 20 --warmup 4   # 64x64x3, z_dim 100
+  python benchmarks/step_throughput.py --family ladder --batch 100 --steps_per_call 50 \
+      [--noebgan]   # the semi-supervised EBGAN-LN step (its LN baseline with --noebgan)
 
 Builds the state and the step exactly as training does (train.make_train_step,
-or train.make_multi_step for --steps_per_call K > 1), compiles it ahead of
+or train.make_multi_step for --steps_per_call K > 1; for "ladder" those of
+semi_supervised.py, on --batch labelled and --batch unlabelled images), compiles it ahead of
 time (compile_s), runs --warmup steps, then times --steps steps --repeats
 times, each ending in block_until_ready, and prints one JSON line per setting
 with the median rate. Batches are random images already on the device, so
@@ -29,11 +32,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ebgan_jax import state as state_lib, train
-from experiments.configs import mnist_conv, mnist_mlp
+from ebgan_jax import semi_supervised, state as state_lib, train
+from experiments.configs import ladder_mnist, mnist_conv, mnist_mlp
 
-_FAMILY = flags.DEFINE_enum("family", "conv28", ["conv28", "mlp", "conv64"],
-                            "Model family (its config).")
+_FAMILY = flags.DEFINE_enum("family", "conv28", ["conv28", "mlp", "conv64", "ladder"],
+                            "Model family (its config; ladder: ladder_mnist's EBGAN-LN).")
+_EBGAN = flags.DEFINE_bool("ebgan", True, "ladder: EBGAN-LN; --noebgan: the LN baseline.")
 _BATCH = flags.DEFINE_integer("batch", 64, "Global batch size.")
 _STEPS = flags.DEFINE_integer("steps", 300, "Steps timed per repeat.")
 _WARMUP = flags.DEFINE_integer("warmup", 20, "Steps run before timing.")
@@ -49,7 +53,10 @@ _MATMUL_SIZE = 2048
 
 
 def make_config(family: str, batch: int, steps_per_call: int, compute_dtype: str):
-  config = (mnist_mlp if family == "mlp" else mnist_conv).get_config()
+  config = {"mlp": mnist_mlp, "ladder": ladder_mnist}.get(family, mnist_conv).get_config()
+  if family == "ladder":
+    config.ebgan = _EBGAN.value
+    config.labelled_batch_size = batch
   if family == "conv64":
     # The paper's 64x64 nets with the conv objective of mnist_conv (the same work per step).
     config.model = ml_collections.ConfigDict({"family": "conv64"})
@@ -94,17 +101,28 @@ def measure(family: str, batch: int, steps_per_call: int, compute_dtype: str,
   mesh = train.make_mesh()
   state = train.replicate(state_lib.create_state(config, jax.random.PRNGKey(0)), mesh)
   rng = np.random.default_rng(0)
-  images = rng.uniform(-1, 1, (_NUM_BATCHES, steps_per_call, batch, *config.image_shape))
-  images = images.astype(np.float32)
+  shape = (steps_per_call, batch, *config.image_shape)
+  images = lambda: rng.uniform(-1, 1, shape).astype(np.float32)
+  if family == "ladder":
+    host_batches = [{"labelled": images(), "unlabelled": images(),
+                     "label": rng.integers(0, 10, shape[:2]).astype(np.int32)}
+                    for _ in range(_NUM_BATCHES)]
+    make_train_step, make_multi_step = (semi_supervised.make_train_step,
+                                        semi_supervised.make_multi_step)
+  else:
+    host_batches = [images() for _ in range(_NUM_BATCHES)]
+    make_train_step, make_multi_step = train.make_train_step, train.make_multi_step
+  on_devices = lambda to_global, x: jax.tree.map(lambda b: to_global(b, mesh), x)
 
   # The single step's FLOPs: cost analysis counts a scan's body once, not K times.
-  single_batches = [train.global_batch(x[0], mesh) for x in images]
-  compiled, compile_s = _compile(train.make_train_step(config, mesh), state, single_batches[0])
+  single_batches = [on_devices(train.global_batch, jax.tree.map(lambda b: b[0], x))
+                    for x in host_batches]
+  compiled, compile_s = _compile(make_train_step(config, mesh), state, single_batches[0])
   flops_per_step = _flops(compiled)
   batches = single_batches
   if steps_per_call > 1:
-    batches = [train.global_batches(x, mesh) for x in images]
-    compiled, compile_s = _compile(train.make_multi_step(config, mesh), state, batches[0])
+    batches = [on_devices(train.global_batches, x) for x in host_batches]
+    compiled, compile_s = _compile(make_multi_step(config, mesh), state, batches[0])
 
   def run(num_calls):
     nonlocal state
@@ -122,6 +140,7 @@ def measure(family: str, batch: int, steps_per_call: int, compute_dtype: str,
   steps_per_s = statistics.median(rates)
   return {
       "family": family,
+      **({"ebgan": _EBGAN.value} if family == "ladder" else {}),
       "batch": batch,
       "steps_per_call": steps_per_call,
       "compute_dtype": compute_dtype,

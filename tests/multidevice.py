@@ -15,9 +15,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from ebgan_jax import population, state as state_lib, train
+from ebgan_jax import population, semi_supervised, state as state_lib, train
 from experiments import trainer
-from experiments.configs import mnist_conv, tiny
+from experiments.configs import ladder_mnist, mnist_conv, tiny
 
 GLOBAL_BATCH = 16
 
@@ -110,31 +110,54 @@ def assert_trees_close(actual, expected, what: str, atol: float = 1e-6,
   return worst
 
 
-def run_steps(config, mesh, batches):
-  """Runs the sharded step over `batches`; returns the state, per-step metrics, steps/s."""
+def run_steps(config, mesh, batches, make_step=train.make_train_step):
+  """Runs the sharded step over `batches` (arrays, or dicts of them); returns the state,
+  per-step metrics, steps/s."""
   state = train.replicate(state_lib.create_state(config, jax.random.PRNGKey(0)), mesh)
-  step = train.make_train_step(config, mesh)
+  step = make_step(config, mesh)
+  to_global = lambda batch: jax.tree.map(lambda b: train.global_batch(b, mesh), batch)
   metrics = []
-  state, first = step(state, train.global_batch(batches[0], mesh))  # compiles
+  state, first = step(state, to_global(batches[0]))  # compiles
   metrics.append(first)
   start = time.perf_counter()
   for batch in batches[1:]:
-    state, m = step(state, train.global_batch(batch, mesh))
+    state, m = step(state, to_global(batch))
     metrics.append(m)
   jax.block_until_ready(state)
   steps_per_s = (len(batches) - 1) / (time.perf_counter() - start)
   return state, metrics, steps_per_s
 
 
-def check_step_equality(family: str, num_steps: str = "3"):
-  """k sharded steps on all devices == k steps of one device on the same global batches."""
-  config = family_config(family)
+def _semi_supervised_setting(num_steps: int):
+  """A small EBGAN-LN and its batches: 8 labelled and GLOBAL_BATCH unlabelled images."""
+  config = ladder_mnist.get_config()
+  config.model.update(n_layer_g=2, size_g=32, widths_d=(32, 16))
+  config.batch_size, config.labelled_batch_size = GLOBAL_BATCH, 8
   rng = np.random.default_rng(0)
-  batches = [rng.uniform(-1, 1, (GLOBAL_BATCH, *config.image_shape)).astype(np.float32)
-             for _ in range(int(num_steps))]
-  sharded, sharded_metrics, sharded_rate = run_steps(config, train.make_mesh(), batches)
+  images = lambda n: rng.uniform(-1, 1, (n, *config.image_shape)).astype(np.float32)
+  batches = [{"labelled": images(8), "label": rng.integers(0, 10, 8).astype(np.int32),
+              "unlabelled": images(GLOBAL_BATCH)} for _ in range(num_steps)]
+  return tolerant_adam(config), batches
+
+
+def check_step_equality(family: str, num_steps: str = "3"):
+  """k sharded steps on all devices == k steps of one device on the same global batches.
+
+  family "ladder" is the semi-supervised EBGAN-LN step (semi_supervised.py).
+  """
+  make_step = train.make_train_step
+  if family == "ladder":
+    config, batches = _semi_supervised_setting(int(num_steps))
+    make_step = semi_supervised.make_train_step
+  else:
+    config = family_config(family)
+    rng = np.random.default_rng(0)
+    batches = [rng.uniform(-1, 1, (GLOBAL_BATCH, *config.image_shape)).astype(np.float32)
+               for _ in range(int(num_steps))]
+  sharded, sharded_metrics, sharded_rate = run_steps(config, train.make_mesh(), batches,
+                                                     make_step)
   single, single_metrics, single_rate = run_steps(
-      config, train.make_mesh(jax.devices()[:1]), batches)
+      config, train.make_mesh(jax.devices()[:1]), batches, make_step)
   param_error = assert_trees_close(sharded.generator.params, single.generator.params, "G params",
                                    atol=PARAMS_ATOL)
   param_error = max(param_error, assert_trees_close(
