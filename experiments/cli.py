@@ -49,6 +49,13 @@ def define_config(name: str, default: str, help_string: str) -> flags.FlagHolder
   return holder
 
 
+def define_config_and_workdir(default_config: str, workdir_help: str) -> None:
+  """The --config file flag (its fields overridable) and the required --workdir flag."""
+  define_config("config", default_config,
+                "Experiment config file; override fields with --config.FIELD=VALUE.")
+  flags.DEFINE_string("workdir", None, workdir_help, required=True)
+
+
 def _define(define_flags: Callable[[], None]) -> None:
   # ml_collections applies --config.FIELD overrides to the default config
   # while the flag is defined, so a misspelt field fails here.

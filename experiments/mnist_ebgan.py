@@ -25,11 +25,8 @@ DISTRIBUTED_ENV = "EBGAN_DISTRIBUTED"
 
 
 def define_flags() -> None:
-  cli.define_config(
-      "config", _DEFAULT_CONFIG,
-      "Experiment config file; override fields with --config.FIELD=VALUE.")
-  flags.DEFINE_string(
-      "workdir", None, "Directory for checkpoints, TensorBoard logs and samples.", required=True)
+  cli.define_config_and_workdir(_DEFAULT_CONFIG,
+                                "Directory for checkpoints, TensorBoard logs and samples.")
   flags.DEFINE_enum(
       "mode", "train", ["train", "sample"],
       "train: train (resuming from the workdir's checkpoints); sample: write samples.npz.")

@@ -28,10 +28,10 @@ FIXED_FIELDS = (*trainer.ARCHITECTURE_FIELDS, "ebgan", "num_labels", "seed")
 
 def validate_config(config) -> None:
   """trainer.validate_config's checks, and those of the semi-supervised fields."""
-  trainer.validate_config(config)
   if config.model.family != "ladder":
     raise trainer.ConfigError(f"the semi-supervised experiment trains model family 'ladder', "
                               f"got {config.model.family!r}")
+  trainer.validate_config(config)
   if not isinstance(config.ebgan, bool):
     raise trainer.ConfigError(f"ebgan must be True or False, got {config.ebgan!r}")
   if config.labelled_batch_size < 1:
@@ -62,11 +62,8 @@ TASK = trainer.Task(validate=validate_config, create_dataset=semi_supervised.cre
 
 
 def define_flags() -> None:
-  cli.define_config(
-      "config", _DEFAULT_CONFIG,
-      "Experiment config file; override fields with --config.FIELD=VALUE.")
-  flags.DEFINE_string(
-      "workdir", None, "Directory for checkpoints, TensorBoard logs and samples.", required=True)
+  cli.define_config_and_workdir(_DEFAULT_CONFIG,
+                                "Directory for checkpoints, TensorBoard logs and samples.")
 
 
 def main(argv):

@@ -5,10 +5,14 @@ tell which examples a batch holds.
 """
 
 import gzip
+import os
 import pathlib
 
 import numpy as np
+import pytest
 import tensorflow_datasets as tfds
+
+FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
 
 IDX_NAMES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -53,6 +57,30 @@ def write_idx_dir(
     write_idx(directory / f"{images_name}{suffix}", numbered_images(count, height, width))
     write_idx(directory / f"{labels_name}{suffix}", (np.arange(count) % 10).astype(np.uint8))
   return directory
+
+
+def write_random_idx_dir(directory: pathlib.Path, num_train: int, num_test: int) -> pathlib.Path:
+  """The four IDX files of random 28x28 images, label i = i % 10.
+
+  Random pixels, not numbered_images' constant ones: a batch of constant images gives
+  BatchNorm a near-zero variance that amplifies rounding differences into real ones.
+  """
+  directory.mkdir(parents=True, exist_ok=True)
+  rng = np.random.default_rng(0)
+  for split, count in (("train", num_train), ("test", num_test)):
+    images, labels = IDX_NAMES[split]
+    write_idx(directory / f"{images}.gz", rng.integers(0, 256, (count, 28, 28), dtype=np.uint8))
+    write_idx(directory / f"{labels}.gz", (np.arange(count) % 10).astype(np.uint8))
+  return directory
+
+
+def real_fashion_mnist() -> pathlib.Path:
+  """Debian's Fashion-MNIST IDX directory; skips the test without it (fails it in CI)."""
+  if not FASHION_MNIST.is_dir():
+    if os.environ.get("CI"):
+      pytest.fail(f"{FASHION_MNIST} is missing in CI: .ci/run must install dataset-fashion-mnist")
+    pytest.skip("apt-get install dataset-fashion-mnist for the real-data tests")
+  return FASHION_MNIST
 
 
 class EbganTinyImages(tfds.core.GeneratorBasedBuilder):

@@ -1,7 +1,6 @@
 """Tests of ebgan_jax.classifier and experiments.train_classifier: the CNN, its cache, learning."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -16,7 +15,6 @@ from experiments.configs import classifier_fashion, classifier_mnist
 from tests import data_fixtures
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
 MODEL = {"num_classes": 10, "feature_dim": 16, "dropout_rate": 0.0}
 
 
@@ -200,12 +198,9 @@ def test_learns_real_fashion_mnist_well_above_chance():
   The full run (experiments/configs/classifier_fashion.py, 8 epochs on all
   60,000) takes minutes, too long for the test suite; it reaches >= 91%.
   """
-  if not FASHION_MNIST.is_dir():
-    if os.environ.get("CI"):
-      pytest.fail(f"{FASHION_MNIST} is missing in CI: .ci/run must install dataset-fashion-mnist")
-    pytest.skip("apt-get install dataset-fashion-mnist for the real-data tests")
+  fashion_mnist = data_fixtures.real_fashion_mnist()
   config = classifier_fashion.get_config()
-  config.idx_dir = str(FASHION_MNIST)
+  config.idx_dir = str(fashion_mnist)
   train_images, train_labels = data.load_split(config, "train")
   test_images, test_labels = data.load_split(config, "test")
   model = classifier.create_model(config.model)

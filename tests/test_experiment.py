@@ -16,7 +16,6 @@ from experiments.configs import fashion_conv, tiny
 from tests import data_fixtures, multidevice
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
 
 
 @pytest.fixture(scope="module")
@@ -230,12 +229,9 @@ def test_cli_diverged_training_is_one_line_and_exit_3(idx_dir, tmp_path):
 @pytest.mark.slow
 def test_discriminator_learns_on_real_fashion_mnist(tmp_path):
   """After 400 steps D reconstructs held-out real images clearly better than samples."""
-  if not FASHION_MNIST.is_dir():
-    if os.environ.get("CI"):
-      pytest.fail(f"{FASHION_MNIST} is missing in CI: .ci/run must install dataset-fashion-mnist")
-    pytest.skip("apt-get install dataset-fashion-mnist for the real-data tests")
+  fashion_mnist = data_fixtures.real_fashion_mnist()
   config = fashion_conv.get_config()
-  config.idx_dir = str(FASHION_MNIST)
+  config.idx_dir = str(fashion_mnist)
   config.num_steps = 400
   config.log_every = config.sample_every = config.checkpoint_every = 400
   state = trainer.train_and_evaluate(config, str(tmp_path))

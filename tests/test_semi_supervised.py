@@ -1,6 +1,5 @@
 """Semi-supervised EBGAN-LN: the labelled subset, the ladder's energy and losses, the runner."""
 
-import os
 import pathlib
 import subprocess
 import sys
@@ -18,20 +17,12 @@ from experiments.configs import ladder_fashion, ladder_mnist
 from tests import data_fixtures, multidevice
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
 
 
 @pytest.fixture(scope="module")
 def idx_dir(tmp_path_factory):
   """Random 28x28 images, 200 train / 50 test, label i % 10."""
-  directory = tmp_path_factory.mktemp("idx")
-  rng = np.random.default_rng(0)
-  for split, count in (("train", 200), ("test", 50)):
-    images, labels = data_fixtures.IDX_NAMES[split]
-    data_fixtures.write_idx(directory / f"{images}.gz",
-                            rng.integers(0, 256, (count, 28, 28), dtype=np.uint8))
-    data_fixtures.write_idx(directory / f"{labels}.gz", (np.arange(count) % 10).astype(np.uint8))
-  return directory
+  return data_fixtures.write_random_idx_dir(tmp_path_factory.mktemp("idx"), 200, 50)
 
 
 def _small(idx_dir, **overrides):
@@ -196,13 +187,10 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
 @pytest.mark.slow
 def test_the_ladder_network_learns_on_real_fashion_mnist(tmp_path):
   """300 steps of the LN with 1,000 labels: far below the 90% test error of chance."""
-  if not FASHION_MNIST.is_dir():
-    if os.environ.get("CI"):
-      pytest.fail(f"{FASHION_MNIST} is missing in CI: .ci/run must install dataset-fashion-mnist")
-    pytest.skip("apt-get install dataset-fashion-mnist for the real-data tests")
+  fashion_mnist = data_fixtures.real_fashion_mnist()
   workdir = tmp_path / "ln"
   result = _run_cli(f"--config={REPO / 'experiments/configs/ladder_fashion.py'}",
-                    f"--workdir={workdir}", f"--config.idx_dir={FASHION_MNIST}",
+                    f"--workdir={workdir}", f"--config.idx_dir={fashion_mnist}",
                     "--config.ebgan=False", "--config.num_labels=1000", "--config.num_steps=300",
                     "--config.eval_every=300", "--config.checkpoint_every=300",
                     "--config.log_every=100")
