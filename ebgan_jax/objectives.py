@@ -73,6 +73,9 @@ class MarginSchedule:
     if self.kind == "constant":
       return hparams["margin"]
     shape = MARGIN_SCHEDULES[self.kind](self.decay_steps, self.decay_begin)(step)
+    # Exactly margin_end once decayed: under jit, XLA divides by multiplying with the
+    # reciprocal, which leaves the shape at ~1e-8 instead of 0.
+    shape = jnp.where(step >= self.decay_begin + self.decay_steps, 0.0, shape)
     return hparams["margin_end"] + (hparams["margin"] - hparams["margin_end"]) * shape
 
 

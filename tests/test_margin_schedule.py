@@ -19,6 +19,14 @@ def _margins(kind, steps, begin, start, end, at):
   return np.array([float(schedule.margin(hparams, jnp.int32(t))) for t in at])
 
 
+@pytest.mark.parametrize("kind", DECAYS)
+def test_a_decayed_margin_is_exactly_its_end_under_jit(kind):
+  schedule = objectives.MarginSchedule(kind, 3000, 0)
+  margin = jax.jit(schedule.margin)({"margin": jnp.float32(2.0), "margin_end": jnp.float32(0.0)},
+                                    jnp.int32(5000))
+  assert float(margin) == 0.0
+
+
 def test_the_schedules_take_their_values():
   at = [0, 10, 15, 20, 30, 1000]
   np.testing.assert_allclose(_margins("linear", 20, 10, 2.0, 0.0, at),

@@ -33,10 +33,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_size = 100  # unlabelled images per step, and G's samples
   config.reconstruction_weight = 1000.0
 
-  # The margin, in units of the energy (real images: about 10 once the LN denoises),
-  # falls linearly to 0 over the first half, so that training ends as a plain ladder
-  # network. m = 2 was the best of the schedules tried on Fashion-MNIST (m = 20, 5, 2
-  # linear over half the run, 20 cosine over all of it; docs/semi_supervised.md).
+  # The margin, in units of the energy (Fashion-MNIST: real images about 10, G's
+  # samples 4-7 once the LN denoises), falls linearly to 0 over the first half, so
+  # that training ends as a plain ladder network. m = 2 was the best of the schedules
+  # tried on Fashion-MNIST (m = 20, 5, 2 linear over half the run, 20 cosine over all
+  # of it), but none beat the LN alone, and at m = 2 the hinge is idle after the
+  # first few hundred steps (docs/semi_supervised.md): search again for MNIST.
   # No pulling-away term: D has no embedding to repel.
   config.lambda_pt = 0.0
   config.margin = 2.0
