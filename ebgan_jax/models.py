@@ -18,7 +18,7 @@ The paper's high-resolution families (its Appendix C; RGB images, z_dim 100):
   "conv64"   G 3,576,707   D 1,318,083   (64x64x3, LSUN / CelebA; S is 8x8x256)
   "conv128"  G 12,850,883  D 5,513,923   (128x128x3, ImageNet; S is 8x8x512)
 The semi-supervised EBGAN-LN's (ladder.py; its D's second output is the logits):
-  "ladder"   G as "mlp"    D 3,105,710   (784-1000-500-250-250-250-10, and its decoder)
+  "ladder"   G 9,050,384   D 3,105,710   (the mlp G; D 784-1000-500-250-250-250-10, its decoder)
 
 Every 4x4 stride-2 convolution is either flax's own layer ("native") or its
 matmul form (Conv2x, ConvTranspose2x): `conv_impl_for` picks one per

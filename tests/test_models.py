@@ -267,6 +267,7 @@ DOCUMENTED_COUNTS = {
     "mlp": (MLP_PAPER_BEST, (28, 28, 1), 64),
     "conv64": ({"family": "conv64"}, (64, 64, 3), 100),
     "conv128": ({"family": "conv128"}, (128, 128, 3), 100),
+    "ladder": ({"family": "ladder"}, (28, 28, 1), 64),
 }
 
 
