@@ -18,7 +18,8 @@ z^_{l+1}) below, and z^_l = g(z~_l, u_l), Rasmus et al.'s per-unit "vanilla"
 combinator; z^_0 is the reconstruction of the clean input. Pixels are mapped
 from [-1, 1] to Rasmus et al.'s [0, 1] inside, so their noise level (0.3) and
 cost weight (1000 per pixel-mean) apply as they wrote them; the reconstruction
-comes back in [-1, 1].
+comes back on the images' [-1, 1] scale, unbounded (no tanh: the combinator is
+linear in z~).
 
 `__call__(x, train)` returns `(reconstruction, logits)` like every D's
 `(head, embedding)`: with train=True, both of the corrupted path (noise from
