@@ -31,7 +31,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from ebgan_jax import data, losses, objectives, train
+from ebgan_jax import classifier, data, losses, objectives, train
 from ebgan_jax.state import GANState
 
 Batch = dict[str, jax.Array]  # "labelled" (n_l, H, W, C), "label" (n_l,), "unlabelled" (n, H, W, C)
@@ -217,6 +217,6 @@ def test_error(state: GANState, images: np.ndarray, labels: np.ndarray,
   """The fraction of `images` (uint8) D's clean path (running averages) misclassifies."""
   wrong = 0
   for start in range(0, len(images), batch_size):
-    x = images[start:start + batch_size].astype(np.float32) / 127.5 - 1.0
+    x = classifier.to_input(images[start:start + batch_size])
     wrong += int(np.sum(np.asarray(_predictions(state, x)) != labels[start:start + batch_size]))
   return wrong / len(images)
