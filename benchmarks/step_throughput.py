@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ebgan_jax import semi_supervised, state as state_lib, train
+from ebgan_jax import state as state_lib, train
 from experiments.configs import ladder_mnist, mnist_conv, mnist_mlp
 
 _FAMILY = flags.DEFINE_enum("family", "conv28", ["conv28", "mlp", "conv64", "ladder"],
@@ -107,11 +107,9 @@ def measure(family: str, batch: int, steps_per_call: int, compute_dtype: str,
     host_batches = [{"labelled": images(), "unlabelled": images(),
                      "label": rng.integers(0, 10, shape[:2]).astype(np.int32)}
                     for _ in range(_NUM_BATCHES)]
-    make_train_step, make_multi_step = (semi_supervised.make_train_step,
-                                        semi_supervised.make_multi_step)
   else:
     host_batches = [images() for _ in range(_NUM_BATCHES)]
-    make_train_step, make_multi_step = train.make_train_step, train.make_multi_step
+  make_train_step, make_multi_step = train.make_train_step, train.make_multi_step
   on_devices = lambda to_global, x: jax.tree.map(lambda b: to_global(b, mesh), x)
 
   # The single step's FLOPs: cost analysis counts a scan's body once, not K times.

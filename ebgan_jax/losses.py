@@ -14,6 +14,7 @@ logit and with gradients that never vanish into NaN.
 
 import jax
 import jax.numpy as jnp
+import optax
 
 REDUCTIONS = ("mean", "sum", "norm")
 
@@ -99,6 +100,11 @@ def discriminator_loss(e_real: jax.Array, e_fake: jax.Array, margin: float) -> j
   return jnp.mean(e_real) + jnp.mean(margin_hinge(e_fake, margin))
 
 
+def hinge_active(e_fake: jax.Array, margin: float) -> jax.Array:
+  """The fraction of generated samples inside the margin (E < m), whose hinge pushes D."""
+  return jnp.mean((e_fake < margin).astype(jnp.float32))
+
+
 def generator_loss(e_fake: jax.Array, s_fake: jax.Array, lambda_pt: float) -> jax.Array:
   """L_G = mean E(G(z)) + lambda_pt * PT(S) on the generated batch."""
   return jnp.mean(e_fake) + lambda_pt * pulling_away(s_fake)
@@ -112,3 +118,15 @@ def gan_discriminator_loss(logit_real: jax.Array, logit_fake: jax.Array) -> jax.
 def gan_generator_loss(logit_fake: jax.Array) -> jax.Array:
   """The non-saturating L_G = mean -log sigmoid(l_fake): steep where D rejects the fakes."""
   return jnp.mean(jax.nn.softplus(-logit_fake))
+
+
+def ladder_energy(images: jax.Array, reconstruction: jax.Array, weight: jax.Array) -> jax.Array:
+  """(N,) EBGAN-LN's energy (the paper's Sec. 4.2): `weight` times the ladder network's
+  bottom-layer cost, the mean squared reconstruction error per image on [0, 1] pixels
+  (Rasmus et al.'s scale: images here are in [-1, 1])."""
+  return weight * energy(images / 2.0, reconstruction / 2.0, "mean")
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """The mean softmax cross-entropy of integer `labels` under `logits`."""
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))

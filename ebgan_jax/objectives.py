@@ -10,14 +10,35 @@ its class attributes say what it needs:
                     as a dict of scalars, a population as a dict of (P,)
                     arrays, so members can differ in them under vmap
   metric_names      the metrics its losses return, beside d_loss and g_loss
+  trains_generator  False for an objective that trains D alone (the ladder
+                    network baseline): the step then leaves G as it is
+  batch             what a step's batch is: "images", or "semi_supervised"
+                    (a dict of labelled and unlabelled images)
 
-and its losses take D's outputs `(head, embedding)` on real and generated
-images. Adding an objective is one class here, one entry in OBJECTIVES, a
-config and a test.
+Its methods have optax's shape, so that state an objective updates (BEGAN's
+k_t, an adaptive margin, epoch sums) is a pytree that jit, vmap, sharding and
+checkpoints treat like the parameters:
+
+  init(hparams) -> state                     the state before step 0 ({}: none)
+  values(hparams, state, step) -> values     what the losses of `step` read
+                                             (EBGAN: the margin of its schedule)
+  discriminator_loss(values, batch, fake, apply_d, batch_stats, key)
+                                             L_D over a batch pytree, D run by
+                                             apply_d on each part it needs
+  generator_loss(values, fake, d_fake)       L_G over D's outputs on G(z)
+  update(state, hparams, metrics, step) -> state
+                                             after both nets' updates, from the
+                                             step's metrics; per-epoch logic is
+                                             a jnp.where on the (static) epoch
+                                             length, inside the jitted step
+  num_generated(batch)                       how many z a step draws
+
+Adding an objective is one class here, one entry in OBJECTIVES, a config and
+a test: the step (train.py), populations and the trainer need no edit.
 """
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +49,11 @@ from ebgan_jax import losses
 
 Outputs = tuple[jax.Array, jax.Array]  # D's (head, embedding) on one batch
 HyperParameters = dict[str, jax.Array]
+ObjectiveState = Any  # a pytree: {} for an objective that carries none
+Metrics = dict[str, jax.Array]
+# D in training mode on one batch: (images, batch_stats, dropout key) -> (D's outputs,
+# the batch_stats after it); an objective threads the statistics it wants kept.
+ApplyD = Callable[[jax.Array, Any, jax.Array], tuple[Outputs, Any]]
 
 
 # The shapes a margin schedule can take: optax schedules of the step falling from 1 to 0
@@ -79,8 +105,37 @@ class MarginSchedule:
     return hparams["margin_end"] + (hparams["margin"] - hparams["margin_end"]) * shape
 
 
+class Stateless:
+  """The state methods of an objective that carries none, and its batch of images."""
+
+  batch: ClassVar[str] = "images"
+
+  def init(self, hparams: HyperParameters) -> ObjectiveState:
+    del hparams
+    return {}
+
+  def update(self, state: ObjectiveState, hparams: HyperParameters, metrics: Metrics,
+             step: jax.Array) -> ObjectiveState:
+    del hparams, metrics, step
+    return state
+
+  def num_generated(self, batch: jax.Array) -> int:
+    """As many z as real images."""
+    return batch.shape[0]
+
+
+def real_and_fake(batch: jax.Array, fake: jax.Array, apply_d: ApplyD, batch_stats,
+                  key: jax.Array) -> tuple[Outputs, Outputs, Any]:
+  """D's outputs on the real batch, then on the fakes, each normalised by its own batch
+  statistics; D's running statistics see both."""
+  real_key, fake_key = jax.random.split(key)
+  d_real, batch_stats = apply_d(batch, batch_stats, real_key)
+  d_fake, batch_stats = apply_d(fake, batch_stats, fake_key)
+  return d_real, d_fake, batch_stats
+
+
 @dataclasses.dataclass(frozen=True)
-class EBGAN:
+class EBGAN(Stateless):
   """The paper's Eqs. 1-2: D an auto-encoder, energy its reconstruction error."""
 
   reduction: str = "mean"
@@ -88,6 +143,7 @@ class EBGAN:
 
   name: ClassVar[str] = "ebgan"
   d_head: ClassVar[str] = "reconstruction"
+  trains_generator: ClassVar[bool] = True
   metric_names: ClassVar[tuple[str, ...]] = ("energy_real", "energy_fake", "hinge_active", "pt")
 
   def __post_init__(self):
@@ -103,33 +159,37 @@ class EBGAN:
     return cls(reduction=config.energy_reduction,
                margin_schedule=MarginSchedule.from_config(config))
 
-  def scheduled(self, hparams: HyperParameters, step: jax.Array) -> HyperParameters:
+  def values(self, hparams: HyperParameters, state: ObjectiveState,
+             step: jax.Array) -> HyperParameters:
     """hparams with the margin of `step` in place of the schedule's start."""
+    del state  # none: the schedule is a function of the step
     return {**hparams, "margin": self.margin_schedule.margin(hparams, step)}
 
-  def discriminator_loss(self, hparams: HyperParameters, real: jax.Array, d_real: Outputs,
-                         fake: jax.Array, d_fake: Outputs):
-    e_real = losses.energy(real, d_real[0], self.reduction)
+  def discriminator_loss(self, values: HyperParameters, batch: jax.Array, fake: jax.Array,
+                         apply_d: ApplyD, batch_stats, key: jax.Array):
+    d_real, d_fake, batch_stats = real_and_fake(batch, fake, apply_d, batch_stats, key)
+    e_real = losses.energy(batch, d_real[0], self.reduction)
     e_fake = losses.energy(fake, d_fake[0], self.reduction)
-    margin = hparams["margin"]
+    margin = values["margin"]
     metrics = {"energy_real": jnp.mean(e_real), "energy_fake": jnp.mean(e_fake),
-               "hinge_active": jnp.mean((e_fake < margin).astype(jnp.float32))}
-    return losses.discriminator_loss(e_real, e_fake, margin), metrics
+               "hinge_active": losses.hinge_active(e_fake, margin)}
+    return losses.discriminator_loss(e_real, e_fake, margin), (batch_stats, metrics)
 
-  def generator_loss(self, hparams: HyperParameters, fake: jax.Array, d_fake: Outputs):
+  def generator_loss(self, values: HyperParameters, fake: jax.Array, d_fake: Outputs):
     # G(z) is both D's input and the reconstruction target; the gradient flows
     # through both (detaching the target would drop half of it).
     e_fake = losses.energy(fake, d_fake[0], self.reduction)
-    pt = losses.pulling_away(d_fake[1])
-    return jnp.mean(e_fake) + hparams["lambda_pt"] * pt, {"pt": pt}
+    loss = losses.generator_loss(e_fake, d_fake[1], values["lambda_pt"])
+    return loss, {"pt": losses.pulling_away(d_fake[1])}  # the same term: XLA computes it once
 
 
 @dataclasses.dataclass(frozen=True)
-class GAN:
+class GAN(Stateless):
   """The paper's baseline (Sec. 4.1): D's logit, the non-saturating G loss."""
 
   name: ClassVar[str] = "gan"
   d_head: ClassVar[str] = "logit"
+  trains_generator: ClassVar[bool] = True
   hyperparameters: ClassVar[tuple[str, ...]] = ()
   metric_names: ClassVar[tuple[str, ...]] = ("d_real", "d_fake")
 
@@ -138,23 +198,132 @@ class GAN:
     del config  # no static setting
     return cls()
 
-  def scheduled(self, hparams: HyperParameters, step: jax.Array) -> HyperParameters:
-    del step  # nothing moves
+  def values(self, hparams: HyperParameters, state: ObjectiveState,
+             step: jax.Array) -> HyperParameters:
+    del state, step  # nothing moves
     return hparams
 
-  def discriminator_loss(self, hparams: HyperParameters, real: jax.Array, d_real: Outputs,
-                         fake: jax.Array, d_fake: Outputs):
-    del hparams, real, fake
+  def discriminator_loss(self, values: HyperParameters, batch: jax.Array, fake: jax.Array,
+                         apply_d: ApplyD, batch_stats, key: jax.Array):
+    del values
+    d_real, d_fake, batch_stats = real_and_fake(batch, fake, apply_d, batch_stats, key)
     metrics = {"d_real": jnp.mean(jax.nn.sigmoid(d_real[0])),
                "d_fake": jnp.mean(jax.nn.sigmoid(d_fake[0]))}
-    return losses.gan_discriminator_loss(d_real[0], d_fake[0]), metrics
+    return losses.gan_discriminator_loss(d_real[0], d_fake[0]), (batch_stats, metrics)
 
-  def generator_loss(self, hparams: HyperParameters, fake: jax.Array, d_fake: Outputs):
-    del hparams, fake
+  def generator_loss(self, values: HyperParameters, fake: jax.Array, d_fake: Outputs):
+    del values, fake
     return losses.gan_generator_loss(d_fake[0]), {}
 
 
-OBJECTIVES = {objective.name: objective for objective in (EBGAN, GAN)}
+# The semi-supervised batch (the paper's Sec. 4.2): "labelled" (n_l, H, W, C) with
+# "label" (n_l,), and "unlabelled" (n, H, W, C).
+SemiSupervisedBatch = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Ladder(Stateless):
+  """The ladder network alone (Rasmus et al. 2015), the baseline of EBGAN-LN: D is the
+  ladder family's D, whose outputs are (reconstruction, logits); G is not trained.
+
+  L_D = CE(y, D's corrupted logits on x_l) + mean_{x_u} E(x_u), with the ladder's
+  energy E(x) = w * mean_pixels (x^ - x)^2 on [0, 1] pixels (losses.ladder_energy).
+  Each sub-batch goes through D on its own, normalised by its own statistics, and
+  D's running averages (test time's) come from the unlabelled batch only, as in
+  Rasmus et al.'s code: the labelled images, few and soon fitted, would skew them.
+  """
+
+  name: ClassVar[str] = "ln"
+  d_head: ClassVar[str] = "reconstruction"
+  batch: ClassVar[str] = "semi_supervised"
+  trains_generator: ClassVar[bool] = False
+  hyperparameters: ClassVar[tuple[str, ...]] = ("reconstruction_weight",)
+  metric_names: ClassVar[tuple[str, ...]] = ("cross_entropy", "energy_real", "train_error")
+
+  @classmethod
+  def from_config(cls, config) -> "Ladder":
+    del config  # no static setting
+    return cls()
+
+  def values(self, hparams: HyperParameters, state: ObjectiveState,
+             step: jax.Array) -> HyperParameters:
+    del state, step
+    return hparams
+
+  def num_generated(self, batch: SemiSupervisedBatch) -> int:
+    return batch["unlabelled"].shape[0]
+
+  def ladder_loss(self, values: HyperParameters, batch: SemiSupervisedBatch, apply_d: ApplyD,
+                  batch_stats, key: jax.Array):
+    """CE + mean E(x_u), D's statistics of the unlabelled pass, the metrics."""
+    labelled_key, unlabelled_key = jax.random.split(key)
+    (_, logits), _ = apply_d(batch["labelled"], batch_stats, labelled_key)
+    (reconstruction, _), batch_stats = apply_d(batch["unlabelled"], batch_stats, unlabelled_key)
+    ce = losses.cross_entropy(logits, batch["label"])
+    e_real = losses.ladder_energy(batch["unlabelled"], reconstruction,
+                                  values["reconstruction_weight"])
+    metrics = {"cross_entropy": ce, "energy_real": jnp.mean(e_real),
+               "train_error": jnp.mean(jnp.argmax(logits, -1) != batch["label"])}
+    return ce, e_real, batch_stats, metrics
+
+  def discriminator_loss(self, values: HyperParameters, batch: SemiSupervisedBatch, fake: None,
+                         apply_d: ApplyD, batch_stats, key: jax.Array):
+    del fake  # G is not trained
+    ce, e_real, batch_stats, metrics = self.ladder_loss(values, batch, apply_d, batch_stats, key)
+    return ce + jnp.mean(e_real), (batch_stats, metrics)
+
+
+@dataclasses.dataclass(frozen=True)
+class LadderEBGAN(Ladder):
+  """EBGAN-LN (the paper's Sec. 4.2): the ladder network's loss with EBGAN's hinge on G's
+  samples, L_D = CE + mean E(x_u) + mean_z [m - E(G(z))]^+, and L_G = mean_z E(G(z)).
+
+  With m = 0 the hinge is 0 (E >= 0) and D's loss is the ladder network's, as the
+  paper says. The margin follows the config's margin schedule, as EBGAN's does; the
+  pass over G's samples keeps no statistics. No pulling-away term: D's second output is
+  logits, not an embedding.
+  """
+
+  margin_schedule: MarginSchedule = MarginSchedule()
+
+  name: ClassVar[str] = "ebgan_ln"
+  trains_generator: ClassVar[bool] = True
+  metric_names: ClassVar[tuple[str, ...]] = (
+      "cross_entropy", "energy_real", "train_error", "energy_fake", "margin", "hinge_active")
+
+  @property
+  def hyperparameters(self) -> tuple[str, ...]:
+    scheduled = self.margin_schedule.kind != "constant"
+    return ("margin", "reconstruction_weight", *(("margin_end",) if scheduled else ()))
+
+  @classmethod
+  def from_config(cls, config) -> "LadderEBGAN":
+    if config.get("lambda_pt", 0.0):
+      raise ValueError(f"EBGAN-LN has no pulling-away term (its D's second output is logits, "
+                       f"not an embedding): set lambda_pt=0, got {config.lambda_pt}")
+    return cls(margin_schedule=MarginSchedule.from_config(config))
+
+  def values(self, hparams: HyperParameters, state: ObjectiveState,
+             step: jax.Array) -> HyperParameters:
+    del state
+    return {**hparams, "margin": self.margin_schedule.margin(hparams, step)}
+
+  def discriminator_loss(self, values: HyperParameters, batch: SemiSupervisedBatch,
+                         fake: jax.Array, apply_d: ApplyD, batch_stats, key: jax.Array):
+    # The ladder's passes draw the LN's noise (the same key), so that m = 0 is the LN.
+    ce, e_real, batch_stats, metrics = self.ladder_loss(values, batch, apply_d, batch_stats, key)
+    (reconstruction_fake, _), _ = apply_d(fake, batch_stats, jax.random.fold_in(key, 1))
+    e_fake = losses.ladder_energy(fake, reconstruction_fake, values["reconstruction_weight"])
+    margin = values["margin"]
+    metrics.update(energy_fake=jnp.mean(e_fake), margin=margin,
+                   hinge_active=losses.hinge_active(e_fake, margin))
+    return ce + losses.discriminator_loss(e_real, e_fake, margin), (batch_stats, metrics)
+
+  def generator_loss(self, values: HyperParameters, fake: jax.Array, d_fake: Outputs):
+    return jnp.mean(losses.ladder_energy(fake, d_fake[0], values["reconstruction_weight"])), {}
+
+
+OBJECTIVES = {objective.name: objective for objective in (EBGAN, GAN, Ladder, LadderEBGAN)}
 
 
 def from_config(config):

@@ -1,4 +1,4 @@
-"""Populations: P runs of one objective trained as one program, and the one loop that trains them.
+"""Populations: P runs of one objective trained as one program.
 
 Each member is an independent run, a GANState of its own seed, with its own
 learning rates for G and D and its own values of the objective's
@@ -19,20 +19,23 @@ finite state (of a call boundary: `member_steps`) and flagged in `diverged`;
 the others go on as they would without it. Members never interact: member i
 follows the maths of a single run with its settings, fed the batches its
 single run reads (`data.create_dataset` with its seed), up to float rounding.
+The host loop that feeds, checkpoints and resumes a population is the single
+run's (experiments/trainer.py, `train_population`).
 """
 
 import functools
+import json
 from typing import Any, Callable, Sequence
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
-from jax.experimental import multihost_utils
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ebgan_jax import data, objectives, state as state_lib, train
+from ebgan_jax import objectives, state as state_lib, train
 from ebgan_jax.state import GANState, TrainState
 
 MEMBER_AXIS = "member"
@@ -47,11 +50,17 @@ class Population:
   hparams: dict[str, jax.Array]  # the objective's hyperparameters, each (P,)
   diverged: jax.Array  # (P,) bool: frozen since its losses or parameters turned non-finite
   objective: Any = flax.struct.field(pytree_node=False)
-  optimizers: tuple[str, str] = flax.struct.field(pytree_node=False)  # kinds of G's and D's
+  # G's and D's optimiser configs (kind, decay), as JSON: hashable, so a static field.
+  optimizers: tuple[str, str] = flax.struct.field(pytree_node=False)
 
   @property
   def size(self) -> int:
     return self.diverged.shape[0]
+
+  @property
+  def step(self) -> jax.Array:
+    """The members' step: they train in lockstep."""
+    return self.states.step[0]
 
   def member(self, i: int) -> GANState:
     """Member i as the GANState of a single run with its settings.
@@ -62,9 +71,9 @@ class Population:
     any run.
     """
     state = jax.tree.map(lambda x: x[i], self.states)
-    kind_g, kind_d = self.optimizers
-    return state.replace(generator=_plain_optimizer(state.generator, kind_g),
-                         discriminator=_plain_optimizer(state.discriminator, kind_d))
+    optim_g, optim_d = (ml_collections.ConfigDict(json.loads(o)) for o in self.optimizers)
+    return state.replace(generator=_plain_optimizer(state.generator, optim_g),
+                         discriminator=_plain_optimizer(state.discriminator, optim_d))
 
 
 def settings_of(objective) -> tuple[str, ...]:
@@ -73,21 +82,22 @@ def settings_of(objective) -> tuple[str, ...]:
 
 
 def _with_learning_rate(net: TrainState, optim_config, learning_rate) -> TrainState:
-  """`net` with its optimiser at `learning_rate`, kept in the optimiser state by
-  optax.inject_hyperparams so that it can differ between members of one vmapped state."""
-  kind, settings = state_lib.optimizer_settings(optim_config)
-  tx = optax.inject_hyperparams(state_lib.OPTIMIZERS[kind][0])(**settings)
+  """`net` with its optimiser at `learning_rate` (the start of the config's decay, if
+  any), kept in the optimiser state by optax.inject_hyperparams so that it can differ
+  between members of one vmapped state."""
+  factory, settings = state_lib.optimizer_factory(optim_config)
+  tx = optax.inject_hyperparams(factory)(**settings)
   opt_state = tx.init(net.params)
   hyperparams = {**opt_state.hyperparams,
                  "learning_rate": jnp.asarray(learning_rate, jnp.float32)}
   return net.replace(tx=tx, opt_state=opt_state._replace(hyperparams=hyperparams))
 
 
-def _plain_optimizer(net: TrainState, kind: str) -> TrainState:
+def _plain_optimizer(net: TrainState, optim_config) -> TrainState:
   """The inverse of _with_learning_rate, for one member: the optax optimiser at its settings."""
+  factory, _ = state_lib.optimizer_factory(optim_config)
   hyperparams = {k: float(v) for k, v in net.opt_state.hyperparams.items()}
-  return net.replace(tx=state_lib.OPTIMIZERS[kind][0](**hyperparams),
-                     opt_state=net.opt_state.inner_state)
+  return net.replace(tx=factory(**hyperparams), opt_state=net.opt_state.inner_state)
 
 
 def create_population(config, **settings) -> Population:
@@ -113,28 +123,22 @@ def create_population(config, **settings) -> Population:
   for name in ("lr_g", "lr_d"):
     if min(settings[name]) <= 0:
       raise ValueError(f"{name} must be > 0 for every member, got {list(settings[name])}")
-  for name in ("optim_g", "optim_d"):
-    if state_lib.learning_rate_decay(config[name])[0]:
-      raise ValueError(f"a population's learning rates are constant; drop {name}.decay_steps")
 
-  def member(key, lr_g, lr_d):
+  def member(key, lr_g, lr_d, hparams):
     state = state_lib.create_state(config, key)
     return state.replace(
         generator=_with_learning_rate(state.generator, config.optim_g, lr_g),
-        discriminator=_with_learning_rate(state.discriminator, config.optim_d, lr_d))
+        discriminator=_with_learning_rate(state.discriminator, config.optim_d, lr_d),
+        objective_state=objective.init(hparams))
 
   keys = jnp.stack([jax.random.PRNGKey(seed) for seed in settings["seed"]])
   as_array = lambda name: jnp.asarray(np.asarray(settings[name], np.float32))
-  states = jax.vmap(member)(keys, as_array("lr_g"), as_array("lr_d"))
+  hparams = {name: as_array(name) for name in objective.hyperparameters}
+  states = jax.vmap(member)(keys, as_array("lr_g"), as_array("lr_d"), hparams)
   return Population(
-      states=states, hparams={name: as_array(name) for name in objective.hyperparameters},
-      diverged=jnp.zeros(sizes["seed"], bool), objective=objective,
-      optimizers=(state_lib.optimizer_settings(config.optim_g)[0],
-                  state_lib.optimizer_settings(config.optim_d)[0]))
-
-
-def _all_finite(tree) -> jax.Array:
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+      states=states, hparams=hparams, diverged=jnp.zeros(sizes["seed"], bool),
+      objective=objective,
+      optimizers=tuple(config[name].to_json(sort_keys=True) for name in ("optim_g", "optim_d")))
 
 
 def member_steps(state: GANState, batches: jax.Array, hparams, diverged: jax.Array, *,
@@ -147,10 +151,9 @@ def member_steps(state: GANState, batches: jax.Array, hparams, diverged: jax.Arr
   per step, keeps the step's in-place (donated) updates: a per-step select
   between old and new state would hold two copies of every tensor.
   """
-  step = functools.partial(train.train_step, hparams=hparams, objective=objective)
-  new_state, metrics = jax.lax.scan(step, state, batches)
-  finite = (_all_finite((metrics["d_loss"], metrics["g_loss"]))
-            & _all_finite((new_state.generator.params, new_state.discriminator.params)))
+  new_state, metrics = train.multi_step(state, batches, hparams, objective=objective)
+  finite = train.all_finite((metrics, new_state.generator.params,
+                             new_state.discriminator.params))
   keep = finite & ~diverged
   state = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_state, state)
   return state, metrics, diverged | ~finite
@@ -181,8 +184,10 @@ def multi_step(population: Population, batches: jax.Array, streams: jax.Array,
 
   Args:
     population: the members (on one device here; see make_multi_step).
-    batches: (K, S, B, H, W, C): K steps of S data streams (one per distinct
-      data seed, so members that share a seed share their batches' memory).
+    batches: (K, S, B, H, W, C), or a pytree of such leaves (EBGAN-LN's
+      labelled and unlabelled images): K steps of S data streams (one per
+      distinct data seed, so members that share a seed share their batches'
+      memory).
     streams: (P,) int, the stream each member reads.
     member_map: one of MEMBER_MAPS; the result is the same up to float rounding.
 
@@ -190,8 +195,8 @@ def multi_step(population: Population, batches: jax.Array, streams: jax.Array,
     The population after the K steps, and every step's metrics, each (P, K).
   """
   def one(state, hparams, diverged, stream):
-    return member_steps(state, batches[:, stream], hparams, diverged,
-                        objective=population.objective)
+    return member_steps(state, jax.tree.map(lambda b: b[:, stream], batches), hparams,
+                        diverged, objective=population.objective)
   states, metrics, diverged = _map_members(
       member_map, one, population.states, population.hparams, population.diverged, streams)
   return population.replace(states=states, diverged=diverged), metrics
@@ -199,9 +204,7 @@ def multi_step(population: Population, batches: jax.Array, streams: jax.Array,
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A 1-D mesh of MEMBER_AXIS over `devices` (default: every device of every process)."""
-  devices = jax.devices() if devices is None else list(devices)
-  return jax.make_mesh((len(devices),), (MEMBER_AXIS,), axis_types=(AxisType.Auto,),
-                       devices=devices)
+  return train.make_mesh(devices, MEMBER_AXIS)
 
 
 def member_sharded(mesh: Mesh) -> NamedSharding:
@@ -220,7 +223,7 @@ def shard(population: Population, mesh: Mesh) -> Population:
   return jax.device_put(population, member_sharded(mesh))
 
 
-def _global(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+def global_array(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
   """A global array from one every process holds whole (any number of processes)."""
   return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
@@ -252,61 +255,20 @@ def pad_members(members: list[dict], multiple: int) -> list[dict]:
   return members + [members[-1]] * (-len(members) % multiple)
 
 
-def train_members(config, members: Sequence[dict], mesh: Mesh | None = None,
-                  member_map: str | None = None, on_chunk: Callable[[int], None] | None = None
-                  ) -> tuple[Population, dict[str, np.ndarray]]:
-  """The population training loop: config.num_steps steps of every member.
+def initialise(config, members: Sequence[dict], mesh: Mesh) -> tuple[Population, jax.Array]:
+  """The population of `members` (a multiple of the mesh's size) laid along `mesh`, and
+  the data stream each member reads: the index of its seed among the sorted distinct
+  seeds, (P,) int, laid the same way.
 
-  Args:
-    config: the group's config (objective, model, optimisers, data, batch_size,
-      num_steps, steps_per_call). Each member's data stream is
-      data.create_dataset(config) with config.seed set to the member's seed:
-      the batches its single run (experiments.mnist_ebgan) would read.
-    members: dicts of the settings_of(objective) for each member.
-    mesh: a member mesh (`make_mesh`; default all devices). The members are
-      padded to a multiple of its size with copies, dropped from the result.
-    member_map: see make_multi_step.
-    on_chunk: called with the steps done after each jitted call (progress).
-
-  Returns:
-    The population (padding dropped) and the training metrics, each a
-    (P, num_steps // steps_per_call) array of per-call means.
+  Initialised inside one program that lays the members out: every process makes
+  its own devices' members (several hosts under jax.distributed).
   """
-  mesh = make_mesh() if mesh is None else mesh
+  _check_splits(len(members), mesh)
   objective = objectives.from_config(config)
-  padded = pad_members(list(members), mesh.size)
-  _check_splits(len(padded), mesh)
-  settings = {name: [m[name] for m in padded] for name in settings_of(objective)}
-  # Initialised inside one program that lays the members out: every process
-  # makes its own devices' members (several hosts under jax.distributed).
+  settings = {name: [m[name] for m in members] for name in settings_of(objective)}
   population = jax.jit(lambda: create_population(config, **settings),
                        out_shardings=member_sharded(mesh))()
-  seeds = sorted({m["seed"] for m in padded})
-  streams = _global(np.asarray([seeds.index(m["seed"]) for m in padded], np.int32),
-                    member_sharded(mesh))
-  # One stream per distinct seed, read whole by every process: members live on any device.
-  datasets = [data.create_dataset(_with_seed(config, seed), "train", process_index=0,
-                                  process_count=1)[0] for seed in seeds]
-  step = make_multi_step(mesh, member_map)
-  replicated = NamedSharding(mesh, PartitionSpec())
-  history, done = [], 0
-  while done < config.num_steps:
-    k = min(config.steps_per_call, config.num_steps - done)
-    batches = np.stack([np.stack([next(d) for d in datasets]) for _ in range(k)])
-    population, metrics = step(population, _global(batches, replicated), streams)
-    history.append(metrics)
-    done += k
-    if on_chunk is not None:
-      on_chunk(done)
-  # Every process gets every member back, on its default device, for sampling and scoring.
-  population, history = jax.device_put(
-      multihost_utils.process_allgather((population, history), tiled=True))
-  history = {name: np.stack([h[name] for h in history], axis=1)[:len(members)]
-             for name in history[0]} if history else {}
-  return jax.tree.map(lambda x: x[:len(members)], population), history
-
-
-def _with_seed(config, seed: int):
-  config = config.copy_and_resolve_references()
-  config.seed = int(seed)
-  return config
+  seeds = sorted({m["seed"] for m in members})
+  streams = global_array(np.asarray([seeds.index(m["seed"]) for m in members], np.int32),
+                         member_sharded(mesh))
+  return population, streams

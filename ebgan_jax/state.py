@@ -1,5 +1,6 @@
 """GANState: everything training needs, as one pytree."""
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -19,7 +20,8 @@ class TrainState(train_state.TrainState):
 
 @flax.struct.dataclass
 class GANState:
-  """The generator's and discriminator's TrainStates, the step and the PRNG key.
+  """The generator's and discriminator's TrainStates, the step, the PRNG key and the
+  objective's state.
 
   This is what is jitted over, sharded, checkpointed and restored. `key` is
   the run's base key and never changes: step t draws its randomness from
@@ -30,6 +32,9 @@ class GANState:
   discriminator: TrainState
   step: jax.Array
   key: jax.Array
+  # What the objective updates each step (objectives.py: `init`, `update`); {} for one
+  # that carries none, as in checkpoints saved before the field existed.
+  objective_state: Any = flax.struct.field(default_factory=dict)
   z_dim: int = flax.struct.field(pytree_node=False, default=64)
 
 
@@ -59,12 +64,24 @@ def learning_rate_decay(optim_config) -> tuple[int, int]:
   return steps, begin
 
 
-def optimizer(optim_config) -> optax.GradientTransformation:
+def optimizer_factory(optim_config):
+  """(factory, settings): `factory(**settings)` is the net's optax optimiser; its
+  learning_rate is the start of the config's decay, so that a population can give each
+  member its own (optax.inject_hyperparams)."""
   kind, settings = optimizer_settings(optim_config)
   steps, begin = learning_rate_decay(optim_config)
-  if steps:
-    settings["learning_rate"] = optax.linear_schedule(settings["learning_rate"], 0.0, steps, begin)
-  return OPTIMIZERS[kind][0](**settings)
+
+  @functools.wraps(OPTIMIZERS[kind][0])  # its signature: inject_hyperparams binds by it
+  def factory(learning_rate, **others):
+    if steps:
+      learning_rate = optax.linear_schedule(learning_rate, 0.0, steps, begin)
+    return OPTIMIZERS[kind][0](learning_rate=learning_rate, **others)
+  return factory, settings
+
+
+def optimizer(optim_config) -> optax.GradientTransformation:
+  factory, settings = optimizer_factory(optim_config)
+  return factory(**settings)
 
 
 def _train_state(module, variables, tx) -> TrainState:
@@ -79,13 +96,15 @@ def create_state(config, key: jax.Array) -> GANState:
   """Initialises both nets and their optimisers from `config`.
 
   Reads config.model, config.image_shape, config.z_dim, config.optim_g,
-  config.optim_d, config.objective (absent: "ebgan"; it says what D outputs)
-  and config.compute_dtype (absent: "float32"). `key` is a raw uint32 PRNG
+  config.optim_d, config.objective (absent: "ebgan"; it says what D outputs and
+  starts the objective's state from its hyperparameters) and
+  config.compute_dtype (absent: "float32"). `key` is a raw uint32 PRNG
   key (jax.random.PRNGKey(seed)).
   """
+  objective = objectives.from_config(config)
   generator, discriminator = models.build_models(
       config.model, config.image_shape, config.get("compute_dtype", "float32"),
-      d_head=objectives.from_config(config).d_head)
+      d_head=objective.d_head)
   g_key, d_key, train_key = jax.random.split(key, 3)
   # Two samples: BatchNorm needs more than one to have a batch statistic.
   g_vars = generator.init(g_key, jnp.zeros((2, config.z_dim)), train=False)
@@ -95,4 +114,5 @@ def create_state(config, key: jax.Array) -> GANState:
       discriminator=_train_state(discriminator, d_vars, optimizer(config.optim_d)),
       step=jnp.zeros((), jnp.int32),
       key=train_key,
+      objective_state=objective.init(objectives.hyperparameters(objective, config)),
       z_dim=config.z_dim)

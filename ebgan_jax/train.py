@@ -20,6 +20,7 @@ import itertools
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
@@ -33,13 +34,12 @@ T = TypeVar("T")
 DATA_AXIS = "data"
 
 
-def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A 1-D mesh over `devices` (default: every device of every process)."""
+def make_mesh(devices: Sequence[jax.Device] | None = None, axis: str = DATA_AXIS) -> Mesh:
+  """A 1-D mesh named `axis` over `devices` (default: every device of every process)."""
   devices = jax.devices() if devices is None else list(devices)
   # Auto axes: the step is written for global arrays and XLA chooses the
   # collectives, so the model code carries no sharding annotations.
-  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,),
-                       devices=devices)
+  return jax.make_mesh((len(devices),), (axis,), axis_types=(AxisType.Auto,), devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -90,6 +90,12 @@ def prefetch(transfers: Iterable[T], size: int = 2) -> Iterator[T]:
     queue.extend(itertools.islice(transfers, 1))
 
 
+def all_finite(tree) -> jax.Array:
+  """Whether every float in `tree` is finite (a bool scalar; on device when traced)."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
 def sample_z(key: jax.Array, n: int, z_dim: int) -> jax.Array:
   """z ~ Uniform(-1, 1)^z_dim, as in the paper."""
   return jax.random.uniform(key, (n, z_dim), minval=-1.0, maxval=1.0)
@@ -103,80 +109,89 @@ def apply_train(net: TrainState, params, x: jax.Array, dropout_key: jax.Array):
   return outputs, updates["batch_stats"]
 
 
-def discriminator_objective(d_params, g_params, state: GANState, real: jax.Array, z: jax.Array,
-                            dropout_key: jax.Array, hparams, *, objective):
-  """L_D as a function of D's params; G's output is a constant here."""
-  g, d = state.generator, state.discriminator
-  fake, _ = apply_train(g, g_params, z, dropout_key)
-  fake = jax.lax.stop_gradient(fake)
-  d_real_key, d_fake_key = jax.random.split(dropout_key)
-  # Real and fake go through D separately, each normalised by its own batch,
-  # and D's running statistics see both.
-  d_real, d_stats = apply_train(d, d_params, real, d_real_key)
-  d_fake, d_stats = apply_train(d.replace(batch_stats=d_stats), d_params, fake, d_fake_key)
-  loss, metrics = objective.discriminator_loss(hparams, real, d_real, fake, d_fake)
-  return loss, (d_stats, metrics)
+def discriminator_objective(d_params, g_params, state: GANState, batch, z: jax.Array | None,
+                            dropout_key: jax.Array, values, *, objective):
+  """L_D as a function of D's params; G's output is a constant here (z None: no G)."""
+  fake = None
+  if z is not None:
+    fake, _ = apply_train(state.generator, g_params, z, dropout_key)
+    fake = jax.lax.stop_gradient(fake)
+  d = state.discriminator
+
+  def apply_d(x, batch_stats, key):
+    return apply_train(d.replace(batch_stats=batch_stats), d_params, x, key)
+  # The objective runs D on each part of the batch it needs, and threads the
+  # running statistics it keeps.
+  return objective.discriminator_loss(values, batch, fake, apply_d, d.batch_stats, dropout_key)
 
 
 def generator_objective(g_params, d_params, state: GANState, z: jax.Array,
-                        dropout_key: jax.Array, hparams, *, objective):
+                        dropout_key: jax.Array, values, *, objective):
   """L_G as a function of G's params."""
   g_key, d_key = jax.random.split(dropout_key)
   fake, g_stats = apply_train(state.generator, g_params, z, g_key)
   d_fake, _ = apply_train(state.discriminator, d_params, fake, d_key)
-  loss, metrics = objective.generator_loss(hparams, fake, d_fake)
+  loss, metrics = objective.generator_loss(values, fake, d_fake)
   return loss, (g_stats, metrics)
 
 
-def update_discriminator(state: GANState, real: jax.Array, z: jax.Array, dropout_key: jax.Array,
-                         hparams, *, objective) -> tuple[GANState, Metrics]:
+def update_discriminator(state: GANState, batch, z: jax.Array | None, dropout_key: jax.Array,
+                         values, *, objective) -> tuple[GANState, Metrics]:
   """One optimiser step on L_D; G's params and statistics are left untouched."""
   grad_fn = jax.value_and_grad(discriminator_objective, has_aux=True)
   (loss, (d_stats, metrics)), grads = grad_fn(
-      state.discriminator.params, state.generator.params, state, real, z, dropout_key, hparams,
+      state.discriminator.params, state.generator.params, state, batch, z, dropout_key, values,
       objective=objective)
   discriminator = state.discriminator.apply_gradients(grads=grads, batch_stats=d_stats)
   return state.replace(discriminator=discriminator), {"d_loss": loss, **metrics}
 
 
-def update_generator(state: GANState, z: jax.Array, dropout_key: jax.Array, hparams,
+def update_generator(state: GANState, z: jax.Array, dropout_key: jax.Array, values,
                      *, objective) -> tuple[GANState, Metrics]:
   """One optimiser step on L_G; D's params and statistics are left untouched."""
   grad_fn = jax.value_and_grad(generator_objective, has_aux=True)
   (loss, (g_stats, metrics)), grads = grad_fn(
-      state.generator.params, state.discriminator.params, state, z, dropout_key, hparams,
+      state.generator.params, state.discriminator.params, state, z, dropout_key, values,
       objective=objective)
   generator = state.generator.apply_gradients(grads=grads, batch_stats=g_stats)
   return state.replace(generator=generator), {"g_loss": loss, **metrics}
 
 
-def train_step(state: GANState, batch: jax.Array, hparams: objectives.HyperParameters, *,
+def train_step(state: GANState, batch, hparams: objectives.HyperParameters, *,
                objective=objectives.EBGAN()) -> tuple[GANState, Metrics]:
-  """One D update then one G update, each on fresh z; returns the new state and metrics.
+  """One D update then one G update, each on fresh z, then the objective's state update.
 
-  `hparams` holds the objective's hyperparameters (for EBGAN: margin and
-  lambda_pt, and margin_end under a margin schedule) as scalars; `objective`
-  (static) is an entry of objectives.OBJECTIVES, and its `scheduled` gives
-  the values of this step (EBGAN: the margin of its schedule). Metrics:
-  d_loss and g_loss, and the objective's metric_names (EBGAN: energy_real,
-  energy_fake, hinge_active, the fraction of fakes with E < m, from the D
-  update; pt from the G update).
+  The one step body of the library, for every objective of objectives.OBJECTIVES
+  (`objective`, static). `batch` is what the objective trains on: an image batch
+  (N, H, W, C), or a pytree of them (EBGAN-LN's labelled and unlabelled images).
+  `hparams` holds the objective's hyperparameters as scalars; its `values` give
+  what this step's losses read (EBGAN: the margin of its schedule), from them,
+  the objective's state and the step. An objective with `trains_generator`
+  False (the ladder network alone) makes this one D update on the batch.
+  Metrics: d_loss and g_loss (with a G update), and the objective's
+  metric_names (EBGAN: energy_real, energy_fake, hinge_active, the fraction
+  of fakes with E < m, from the D update; pt from the G update).
   """
   step_key = jax.random.fold_in(state.key, state.step)
   z_d_key, z_g_key, dropout_d_key, dropout_g_key = jax.random.split(step_key, 4)
-  hparams = objective.scheduled(hparams, state.step)
-  n = batch.shape[0]
-  state, d_metrics = update_discriminator(
-      state, batch, sample_z(z_d_key, n, state.z_dim), dropout_d_key, hparams,
-      objective=objective)
-  state, g_metrics = update_generator(
-      state, sample_z(z_g_key, n, state.z_dim), dropout_g_key, hparams, objective=objective)
-  return state.replace(step=state.step + 1), {**d_metrics, **g_metrics}
+  values = objective.values(hparams, state.objective_state, state.step)
+  n = objective.num_generated(batch)
+  trains_generator = objective.trains_generator
+  state, metrics = update_discriminator(
+      state, batch, sample_z(z_d_key, n, state.z_dim) if trains_generator else None,
+      dropout_d_key, values, objective=objective)
+  if trains_generator:
+    state, g_metrics = update_generator(
+        state, sample_z(z_g_key, n, state.z_dim), dropout_g_key, values, objective=objective)
+    metrics = {**metrics, **g_metrics}
+  objective_state = objective.update(state.objective_state, hparams, metrics, state.step)
+  return state.replace(step=state.step + 1, objective_state=objective_state), metrics
 
 
-def multi_step(state: GANState, batches: jax.Array, hparams: objectives.HyperParameters, *,
+def multi_step(state: GANState, batches, hparams: objectives.HyperParameters, *,
                objective=objectives.EBGAN()) -> tuple[GANState, Metrics]:
-  """K `train_step`s, one per batch of `batches` (K, B, H, W, C), as one `lax.scan`.
+  """K `train_step`s, one per batch of `batches` (each leaf stacked (K, ...)), as one
+  `lax.scan`: the library's one scan of the step, for single runs and population members.
 
   Returns the state after the K steps and the metrics of every step, each
   stacked along a leading axis of size K. The results equal K calls of

@@ -15,6 +15,9 @@ whether it diverged. Outputs in --workdir:
 
   results.csv       one row per run, written after each group: resume after a
                     kill reruns the command, and finished groups are skipped
+  groups/ID/        the checkpoints of the group in training (config's
+                    checkpoint_every): a group stopped inside resumes from
+                    its newest; removed once its rows are written
   samples/ID.png    64 samples of each run, from one fixed z
   summary.md        the share of runs above fixed I' and log-IS thresholds, per
                     model and per GAN setting, with the diverged share
@@ -27,6 +30,7 @@ import csv
 import itertools
 import math
 import os
+import shutil
 import time
 
 from absl import flags, logging
@@ -34,7 +38,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ebgan_jax import data, evaluation, objectives, population as population_lib, viz
+from ebgan_jax import data, evaluation, objectives, viz
 from experiments import cli, trainer
 from experiments.configs import grid_mnist
 
@@ -204,6 +208,10 @@ def write_results(rows: list[dict], path: str) -> None:
   os.replace(temporary, path)
 
 
+def _group_workdir(workdir: str, run: dict) -> str:
+  return os.path.join(workdir, "groups", group_id(run))
+
+
 def train_group(config, runs: list[dict], evaluator: evaluation.Evaluator, workdir: str
                 ) -> list[dict]:
   """Trains one group as a population and scores each run; returns their result rows."""
@@ -213,7 +221,9 @@ def train_group(config, runs: list[dict], evaluator: evaluation.Evaluator, workd
   members = [{"seed": config.seed, "lr_g": run["lr"], "lr_d": run["lr"], **hparams}
              for run in runs]
   start = time.perf_counter()
-  population, history = population_lib.train_members(config, members)
+  # Checkpointed in a folder of its own, so a grid stopped inside a group resumes it there.
+  population, history = trainer.train_population(config, members,
+                                                 _group_workdir(workdir, runs[0]))
   jax.block_until_ready(population)
   train_s = time.perf_counter() - start
   sample_key, grid_key = jax.random.PRNGKey(evaluator.settings.seed), jax.random.PRNGKey(1)
@@ -270,6 +280,7 @@ def main(argv):
       continue
     rows += train_group(config, members, evaluator, args.workdir)
     write_results(rows, results_path)
+    shutil.rmtree(_group_workdir(args.workdir, members[0]))  # its rows hold what it made
     logging.info("group %d/%d %s: %d runs, %.0f s so far", n + 1, len(plan), name,
                  len(members), time.perf_counter() - start)
   draw_figures(rows, args.workdir)

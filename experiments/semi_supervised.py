@@ -13,17 +13,26 @@ test error of D's classifier on the whole test split as the scalar
 one line and exits with status 2; a diverged run exits with status 3.
 """
 
+import csv
+import itertools
 import os
 
-from absl import flags
+from absl import flags, logging
 
-from ebgan_jax import data, semi_supervised
+from ebgan_jax import data, objectives, semi_supervised, train
 from experiments import cli, trainer
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "ladder_mnist.py")
 # A workdir's checkpoints fix these besides the nets: the labelled subset (drawn by
 # the seed) and whether G is trained.
 FIXED_FIELDS = (*trainer.ARCHITECTURE_FIELDS, "ebgan", "num_labels", "seed")
+RESULTS = "results.csv"
+
+
+def resolve_objective(config) -> None:
+  """`ebgan=False` asks for the ladder network alone: objective "ln" for "ebgan_ln"."""
+  if not config.ebgan and config.objective == "ebgan_ln":
+    config.objective = "ln"
 
 
 def validate_config(config) -> None:
@@ -41,14 +50,16 @@ def validate_config(config) -> None:
     raise trainer.ConfigError(f"eval_every must be >= 1: the test error is this experiment's "
                               f"result, got {config.eval_every}")
   try:
-    semi_supervised.settings(config)
+    semi_supervised.check_config(config)
   except ValueError as e:
     raise trainer.ConfigError(str(e)) from None
+  if config.ebgan != objectives.from_config(config).trains_generator:
+    raise trainer.ConfigError(f"objective {config.objective!r} and ebgan={config.ebgan} "
+                              f"disagree; set only ebgan (False: the ladder network alone)")
 
 
 def _steps(config, mesh):
-  return (semi_supervised.make_train_step(config, mesh),
-          semi_supervised.make_multi_step(config, mesh))
+  return train.make_train_step(config, mesh), train.make_multi_step(config, mesh)
 
 
 def _evaluation(config):
@@ -56,9 +67,55 @@ def _evaluation(config):
   return lambda state: {"test_error": semi_supervised.test_error(state, images, labels)}
 
 
+def _upgrade_saved(saved: dict) -> dict:
+  """Configs saved before EBGAN-LN and the LN were objectives of their own name the
+  objective "ebgan" and tell them apart by `ebgan`."""
+  if saved.get("objective") == "ebgan":
+    return {**saved, "objective": "ebgan_ln" if saved.get("ebgan", True) else "ln"}
+  return saved
+
+
 TASK = trainer.Task(validate=validate_config, create_dataset=semi_supervised.create_dataset,
                     make_steps=_steps, make_evaluation=_evaluation,
-                    draws_samples=lambda config: config.ebgan, fixed_fields=FIXED_FIELDS)
+                    draws_samples=lambda config: config.ebgan, fixed_fields=FIXED_FIELDS,
+                    upgrade_saved=_upgrade_saved)
+
+
+def members(config) -> list[dict]:
+  """The population of config.seeds x config.margins (empty: config.margin), each member
+  with the config's learning rates and other hyperparameters."""
+  objective = objectives.from_config(config)
+  hparams = objectives.hyperparameters(objective, config)
+  margins = tuple(config.margins)
+  if margins and "margin" not in objective.hyperparameters:
+    raise trainer.ConfigError(f"margins are EBGAN-LN's; objective {objective.name!r} has none")
+  try:
+    objectives.check_hyperparameters(objective, {"margin": list(margins)} if margins else {})
+  except ValueError as e:
+    raise trainer.ConfigError(str(e)) from None
+  return [{**hparams, **({"margin": float(margin)} if margins else {}), "seed": int(seed),
+           "lr_g": config.optim_g.learning_rate, "lr_d": config.optim_d.learning_rate}
+          for margin, seed in itertools.product(margins or (None,), config.seeds)]
+
+
+def train_seeds(config, workdir: str) -> list[dict]:
+  """Trains every member of `members(config)` as one population in `workdir` (resumed from
+  its checkpoints), then writes each member's test error to workdir/results.csv."""
+  validate_config(config)
+  runs = members(config)
+  trained, history = trainer.train_population(config, runs, workdir, TASK)
+  images, labels = data.load_split(config, "test")
+  rows = []
+  for i, member in enumerate(runs):
+    rows.append({**member, "objective": config.objective, "num_labels": config.num_labels,
+                 "steps": int(trained.states.step[i]), "diverged": bool(trained.diverged[i]),
+                 "test_error": semi_supervised.test_error(trained.member(i), images, labels)})
+    logging.info("member %d %s: test_error %.4f", i, member, rows[-1]["test_error"])
+  with open(os.path.join(workdir, RESULTS), "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  return rows
 
 
 def define_flags() -> None:
@@ -68,7 +125,12 @@ def define_flags() -> None:
 
 def main(argv):
   del argv  # cli.run rejects positional arguments
-  trainer.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir, TASK)
+  config = flags.FLAGS.config
+  resolve_objective(config)
+  if config.seeds:
+    train_seeds(config, flags.FLAGS.workdir)
+  else:
+    trainer.train_and_evaluate(config, flags.FLAGS.workdir, TASK)
 
 
 if __name__ == "__main__":

@@ -14,16 +14,18 @@ import math
 import os
 import tempfile
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
 
-from ebgan_jax import (checkpoint, data, evaluation, models, objectives, state as state_lib,
-                       train, viz)
+from ebgan_jax import (checkpoint, data, evaluation, models, objectives,
+                       population as population_lib, state as state_lib, train, viz)
 
 # Part of the config that fixes parameter shapes: a checkpoint restores only
 # into the same values.
@@ -94,27 +96,33 @@ class Task:
 
   Attributes:
     validate: config -> None; raises ConfigError on a value that cannot work.
-    create_dataset: (config, start_step) -> (this process's endless host
-      batches, arrays or dicts of arrays, resumed at start_step; a line
-      saying what they are).
+    create_dataset: (config, start_step, process_index, process_count) ->
+      (the endless host batches of that process (None: this one) of that many
+      (None: all), arrays or dicts of arrays, resumed at start_step; a line
+      saying what they are). A population's members read whole batches (1, 1).
     make_steps: (config, mesh) -> (one-step, K-step) jitted steps that
       donate the state, like train.make_train_step and make_multi_step.
     make_evaluation: config -> a function of the state giving the scalars
       to log (full names) every config.eval_every steps and at the end.
     draws_samples: config -> whether G's sample grids are worth writing.
     fixed_fields: config fields that the checkpoints of a workdir fix.
+    upgrade_saved: a saved config (dict) -> the same in today's fields, for the
+      checks of fixed_fields on workdirs of older code.
   """
 
   validate: Callable[[ml_collections.ConfigDict], None]
-  create_dataset: Callable[[ml_collections.ConfigDict, int], tuple[Iterator[Any], str]]
+  create_dataset: Callable[..., tuple[Iterator[Any], str]]
   make_steps: Callable[[ml_collections.ConfigDict, Any], tuple[train.Step, train.Step]]
   make_evaluation: Callable[[ml_collections.ConfigDict], Evaluation]
   draws_samples: Callable[[ml_collections.ConfigDict], bool] = lambda config: True
   fixed_fields: tuple[str, ...] = ARCHITECTURE_FIELDS
+  upgrade_saved: Callable[[dict], dict] = lambda saved: saved
 
 
-def _generative_dataset(config, start_step: int) -> tuple[Iterator[np.ndarray], str]:
-  batches, info = data.create_dataset(config, "train", start_step=start_step)
+def _generative_dataset(config, start_step: int, process_index: int | None = None,
+                        process_count: int | None = None) -> tuple[Iterator[np.ndarray], str]:
+  batches, info = data.create_dataset(config, "train", start_step=start_step,
+                                      process_index=process_index, process_count=process_count)
   return batches, f"{info.source}: {info.num_examples} examples of shape {info.image_shape}"
 
 
@@ -141,10 +149,11 @@ def _prepare_workdir(workdir: str) -> None:
                       f"pass a --workdir you can write to") from None
 
 
-def _check_architecture(manager, config, fields) -> None:
+def _check_architecture(manager, config, fields, upgrade_saved) -> None:
   saved = checkpoint.saved_config(manager)
   if saved is None:
     return
+  saved = upgrade_saved(saved)
   asked = json.loads(config.to_json_best_effort())  # the form it was saved in
   for field in fields:
     saved_value = saved.get(field, _SAVED_BEFORE_FIELD.get(field))
@@ -156,23 +165,27 @@ def _check_architecture(manager, config, fields) -> None:
           f"config")
 
 
-def _open_checkpoints(config, workdir, fields=ARCHITECTURE_FIELDS):
+def _open_checkpoints(config, workdir, task: Task | None = None, extra_fields=()):
+  """The workdir's checkpoint manager, once the saved config fits the task's fixed fields."""
+  task = GENERATIVE if task is None else task
   manager = checkpoint.create_manager(os.path.join(workdir, "checkpoints"), config.keep)
-  _check_architecture(manager, config, fields)
+  _check_architecture(manager, config, (*task.fixed_fields, *extra_fields), task.upgrade_saved)
   return manager
+
+
+def _restored(manager, fresh):
+  """`fresh` (a GANState or a Population, laid out where it trains), or the newest
+  checkpoint restored into its structure."""
+  if manager is None or manager.latest_step() is None:
+    return fresh
+  logging.info("Restoring checkpoint %d from %s", manager.latest_step(), manager.directory)
+  return checkpoint.restore(manager, fresh)
 
 
 def _initial_state(config, manager, mesh):
   """A fresh state, or the newest checkpoint, replicated on `mesh`."""
-  state = train.replicate(state_lib.create_state(config, jax.random.PRNGKey(config.seed)), mesh)
-  if manager.latest_step() is None:
-    return state
-  logging.info("Restoring checkpoint %d from %s", manager.latest_step(), manager.directory)
-  return checkpoint.restore(manager, state)
-
-
-def _is_finite(tree) -> bool:
-  return all(bool(np.all(np.isfinite(x))) for x in jax.tree.leaves(jax.device_get(tree)))
+  fresh = train.replicate(state_lib.create_state(config, jax.random.PRNGKey(config.seed)), mesh)
+  return _restored(manager, fresh)
 
 
 class _MetricsLog:
@@ -239,17 +252,74 @@ def _call_sizes(step: int, config) -> Iterator[int]:
     step += size
 
 
-def _device_batches(batches: Iterator[Any], call_sizes: Iterator[int], mesh):
-  """(size, the global batch of a single step or the `size` stacked batches of a multi-step).
+def _host_calls(batches: Iterator[Any], call_sizes: Iterator[int]):
+  """(size, a host batch, or `size` of them stacked along a new leading axis).
 
   A batch is an array or a pytree of them (a dict of labelled and unlabelled images).
   """
   for size in call_sizes:
     if size == 1:
-      yield size, jax.tree.map(lambda b: train.global_batch(b, mesh), next(batches))
+      yield size, next(batches)
     else:
-      stacked = jax.tree.map(lambda *b: np.stack(b), *(next(batches) for _ in range(size)))
-      yield size, jax.tree.map(lambda b: train.global_batches(b, mesh), stacked)
+      yield size, jax.tree.map(lambda *b: np.stack(b), *(next(batches) for _ in range(size)))
+
+
+@dataclasses.dataclass
+class _Run:
+  """What the one loop trains: a single run or a population, and how it steps and saves.
+
+  Attributes:
+    state: a replicated GANState, or a Population laid along its member mesh.
+    batches: the endless host batches of one step.
+    to_device: (size, host batch(es) of a call) -> the call's device input.
+    step_for: size -> the jitted step of a call of that many steps, taking
+      (state, device input) and returning (state, metrics), the state donated.
+    check_before_save: (state, step, last_saved) -> None, raising
+      TrainingDiverged on a state not worth saving.
+    last_saved: the step of the newest checkpoint (None: none), kept by the loop.
+  """
+
+  state: Any
+  batches: Iterator[Any]
+  to_device: Callable[[int, Any], Any]
+  step_for: Callable[[int], Callable]
+  check_before_save: Callable[[Any, int, int | None], None] = lambda *args: None
+  last_saved: int | None = None
+
+
+def _train_loop(config, run: _Run, start_step: int, manager, after_call, saved_config=None):
+  """The one host loop, for single runs and populations alike: calls of config.steps_per_call
+  steps (_call_sizes), batches stacked on the host and prefetched to the devices, the
+  config.train_seconds budget, and a checkpoint every config.checkpoint_every steps, at
+  config.num_steps and when the budget is spent (none without a `manager`).
+
+  `after_call(step, state, metrics, out_of_time)` runs after every call, before its
+  checkpoint; it logs, draws and evaluates. Returns the state and the step reached.
+  """
+  run.last_saved = manager.latest_step() if manager is not None else None
+  deadline = time.monotonic() + config.train_seconds if config.train_seconds else math.inf
+  state, step, in_flight = run.state, start_step, None
+  host_calls = _host_calls(run.batches, _call_sizes(start_step, config))
+  calls = train.prefetch((size, run.to_device(size, batch)) for size, batch in host_calls)
+  for size, device_batch in calls:
+    state, metrics = run.step_for(size)(state, device_batch)
+    # Wait for the call before this one: the device always has the next call
+    # queued, but the host never runs further ahead (up to log_every steps
+    # otherwise), so train_seconds and steps/s count finished steps.
+    jax.block_until_ready(in_flight)
+    in_flight = metrics
+    step += size
+    out_of_time = time.monotonic() >= deadline
+    after_call(step, state, metrics, out_of_time)
+    if manager is not None and (step % config.checkpoint_every == 0
+                                or step == config.num_steps or out_of_time):
+      run.check_before_save(state, step, run.last_saved)
+      checkpoint.save(manager, state, saved_config or config, step)
+      run.last_saved = step
+    if out_of_time:
+      logging.info("train_seconds=%s spent at step %d", config.train_seconds, step)
+      break
+  return state, step
 
 
 def _write_sample_grid(writer, state, key, workdir) -> None:
@@ -261,6 +331,29 @@ def _write_sample_grid(writer, state, key, workdir) -> None:
   writer.write_images(step, {"samples": grid[None]})
 
 
+def _single_run(config, task: Task, state, start_step: int, mesh) -> _Run:
+  try:  # the data's or the config's fault, never the code's
+    batches, description = task.create_dataset(config, start_step)
+    steps = task.make_steps(config, mesh)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  logging.info("Training on %s, global batch %d over %d devices in %d processes",
+               description, config.batch_size, mesh.size, jax.process_count())
+
+  def to_device(size, batch):
+    put = train.global_batch if size == 1 else train.global_batches
+    return jax.tree.map(lambda b: put(b, mesh), batch)
+
+  def check_before_save(state, step, last_saved):
+    # Losses lag the update by one step: check the parameters themselves too.
+    if not bool(train.all_finite(state)):
+      raise TrainingDiverged(
+          f"training diverged: non-finite parameters at step {step}; stopped without saving, "
+          f"the last good checkpoint is step {last_saved}")
+  return _Run(state, batches, to_device, lambda size: steps[0] if size == 1 else steps[1],
+              check_before_save)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        task: Task | None = None) -> state_lib.GANState:
   """Trains `task` (default GENERATIVE) until config.num_steps (or config.train_seconds),
@@ -268,17 +361,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   task = GENERATIVE if task is None else task
   task.validate(config)
   _prepare_workdir(workdir)
-  manager = _open_checkpoints(config, workdir, task.fixed_fields)
+  manager = _open_checkpoints(config, workdir, task)
   mesh = train.make_mesh()
   state = _initial_state(config, manager, mesh)
   start_step = int(state.step)
-  try:  # the data's or the config's fault, never the code's
-    batches, description = task.create_dataset(config, start_step)
-    train_step, multi_step = task.make_steps(config, mesh)
-  except ValueError as e:
-    raise ConfigError(str(e)) from None
-  logging.info("Training on %s, global batch %d over %d devices in %d processes",
-               description, config.batch_size, mesh.size, jax.process_count())
+  run = _single_run(config, task, state, start_step, mesh)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:
@@ -289,42 +376,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   metrics_log = _MetricsLog(writer)
   evaluation = task.make_evaluation(config) if config.eval_every else None
   draws_samples = task.draws_samples(config)
-  deadline = time.monotonic() + config.train_seconds if config.train_seconds else math.inf
-  last_saved = manager.latest_step()
 
-  step = start_step
-  calls = train.prefetch(_device_batches(batches, _call_sizes(start_step, config), mesh))
-  in_flight = None
+  def after_call(step, state, metrics, out_of_time):
+    metrics_log.append(step, metrics)
+    progress(step)
+    if step % config.log_every == 0:
+      metrics_log.flush(run.last_saved)
+    if step % config.checkpoint_every == 0 or step == config.num_steps or out_of_time:
+      metrics_log.flush(run.last_saved)  # before the checkpoint: never save a diverged run
+    if draws_samples and step % config.sample_every == 0:
+      _write_sample_grid(writer, state, grid_key, workdir)
+    if evaluation and (step % config.eval_every == 0 or step == config.num_steps):
+      writer.write_scalars(step, evaluation(state))
+
   try:
-    for size, device_batch in calls:
-      step_fn = train_step if size == 1 else multi_step
-      state, metrics = step_fn(state, device_batch)
-      # Wait for the call before this one: the device always has the next call
-      # queued, but the host never runs further ahead (up to log_every steps
-      # otherwise), so train_seconds and steps/s count finished steps.
-      jax.block_until_ready(in_flight)
-      in_flight = metrics
-      step += size
-      metrics_log.append(step, metrics)
-      progress(step)
-      out_of_time = time.monotonic() >= deadline
-      if step % config.log_every == 0:
-        metrics_log.flush(last_saved)
-      if step % config.checkpoint_every == 0 or step == config.num_steps or out_of_time:
-        metrics_log.flush(last_saved)
-        last_saved = _save(manager, state, config, step, last_saved)
-      if draws_samples and step % config.sample_every == 0:
-        _write_sample_grid(writer, state, grid_key, workdir)
-      if evaluation and (step % config.eval_every == 0 or step == config.num_steps):
-        writer.write_scalars(step, evaluation(state))
-      if out_of_time:
-        logging.info("train_seconds=%s spent at step %d", config.train_seconds, step)
-        break
-    metrics_log.flush(last_saved)
+    state, step = _train_loop(config, run, start_step, manager, after_call)
+    metrics_log.flush(run.last_saved)
     if draws_samples and step % config.sample_every:
       _write_sample_grid(writer, state, grid_key, workdir)
   except data.CorruptImageError as e:  # an image folder's file, found out when its batch came
-    kept = f"the last checkpoint is step {last_saved}" if last_saved else "no checkpoint was saved"
+    kept = (f"the last checkpoint is step {run.last_saved}" if run.last_saved
+            else "no checkpoint was saved")
     raise ConfigError(f"{e} Training stopped; {kept}") from None
   finally:
     # Also when training diverged: the last good checkpoint may still be in flight.
@@ -337,14 +409,87 @@ GENERATIVE = Task(validate=validate_config, create_dataset=_generative_dataset,
                   make_steps=_generative_steps, make_evaluation=_generative_evaluation)
 
 
-def _save(manager, state, config, step, last_saved):
-  # Losses lag the update by one step: check the parameters themselves too.
-  if not _is_finite(state):
-    raise TrainingDiverged(
-        f"training diverged: non-finite parameters at step {step}; stopped without saving, "
-        f"the last good checkpoint is step {last_saved}")
-  checkpoint.save(manager, state, config)
-  return step
+def _with_seed(config, seed: int):
+  config = config.copy_and_resolve_references()
+  config.seed = int(seed)
+  return config
+
+
+def train_population(config: ml_collections.ConfigDict, members: Sequence[dict],
+                     workdir: str | None = None, task: Task | None = None,
+                     mesh=None, member_map: str | None = None
+                     ) -> tuple[population_lib.Population, dict[str, np.ndarray]]:
+  """Trains `members` (dicts of population.settings_of(objective)) of `task` (default
+  GENERATIVE) as one population, through the loop of train_and_evaluate: until
+  config.num_steps or config.train_seconds, and with a `workdir`, checkpoints of the
+  whole population there every config.checkpoint_every steps and at the end, resumed
+  exactly from the newest (the members must be the same).
+
+  Member i reads the batches its single run with its seed would (task.create_dataset
+  with config.seed set to it, whole batches) and ends where that run ends, up to float
+  rounding. A member whose losses or parameters turn non-finite is frozen at its state
+  before that call and flagged (population.member_steps); the others go on.
+
+  Args:
+    config: the population's config (objective, model, optimisers, data, batch_size,
+      num_steps, steps_per_call and the loop's intervals).
+    members: one dict of settings per member.
+    workdir: where the checkpoints go (None: none, and nothing is resumed).
+    task: what is trained; its data stream and its validate (not run here: the caller
+      validates the population's config).
+    mesh: a member mesh (population.make_mesh; default all devices). The members are
+      padded to a multiple of its size with copies, dropped from the result.
+    member_map: see population.make_multi_step.
+
+  Returns:
+    The population (padding dropped) on every process, and the training metrics, each
+    (P, calls) of per-call means, for the calls made by this process's loop (those
+    before a resume are not kept).
+  """
+  task = GENERATIVE if task is None else task
+  mesh = population_lib.make_mesh() if mesh is None else mesh
+  padded = population_lib.pad_members(list(members), mesh.size)
+  fresh, streams = population_lib.initialise(config, padded, mesh)
+  manager = None
+  saved_config = config.copy_and_resolve_references()
+  saved_config.population_members = json.dumps(list(members), sort_keys=True)
+  if workdir is not None:
+    _prepare_workdir(workdir)
+    manager = _open_checkpoints(saved_config, workdir, task, ("population_members",))
+  population = _restored(manager, fresh)
+  start_step = int(population.step)
+  seeds = sorted({m["seed"] for m in padded})
+  # One stream per distinct seed, read whole by every process: members live on any device.
+  try:
+    datasets = [task.create_dataset(_with_seed(config, seed), start_step, 0, 1)[0]
+                for seed in seeds]
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  step = population_lib.make_multi_step(mesh, member_map)
+  replicated = NamedSharding(mesh, PartitionSpec())
+
+  def to_device(size, batch):  # a call's batches (K, S, B, ...), K = 1 too
+    batch = batch if size > 1 else jax.tree.map(lambda b: b[None], batch)
+    return jax.tree.map(lambda b: population_lib.global_array(b, replicated), batch)
+
+  streams_of_steps = (jax.tree.map(lambda *b: np.stack(b), *batches)
+                      for batches in zip(*datasets))
+  run = _Run(population, streams_of_steps, to_device,
+             lambda size: lambda population, batches: step(population, batches, streams))
+  history = []
+  try:
+    population, _ = _train_loop(config, run, start_step, manager,
+                                lambda step, state, metrics, out_of_time: history.append(metrics),
+                                saved_config)
+  finally:
+    if manager is not None:
+      manager.wait_until_finished()
+  # Every process gets every member back, on its default device, for sampling and scoring.
+  population, history = jax.device_put(
+      multihost_utils.process_allgather((population, history), tiled=True))
+  history = {name: np.stack([h[name] for h in history], axis=1)[:len(members)]
+             for name in history[0]} if history else {}
+  return jax.tree.map(lambda x: x[:len(members)], population), history
 
 
 def sample(config: ml_collections.ConfigDict, workdir: str) -> np.ndarray:

@@ -37,8 +37,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from ebgan_jax import data, evaluation, population as population_lib
-from experiments import cli
+from ebgan_jax import data, evaluation
+from experiments import cli, trainer
 from experiments.configs import fashion_conv, stacked_mnist_conv
 
 MARGINS = (0.1, 0.2, 0.3, 0.5, 1.0)
@@ -110,7 +110,9 @@ def run_study(name: str, config, evaluator: evaluation.Evaluator, references: di
   config = config.copy_and_resolve_references()
   config.num_steps, config.steps_per_call = args.steps, args.steps_per_call
   start = time.perf_counter()
-  population, history = population_lib.train_members(config, members)
+  # Checkpointed under --out, so a study stopped in training resumes there.
+  population, history = trainer.train_population(config, members,
+                                                 os.path.join(args.out, "checkpoints", name))
   jax.block_until_ready(population)
   train_s = time.perf_counter() - start
   logging.info("%s: %d members x %d steps in %.0f s", name, len(members), args.steps, train_s)

@@ -15,7 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ebgan_jax import population, semi_supervised, state as state_lib, train
+from ebgan_jax import population, state as state_lib, train
 from experiments import trainer
 from experiments.configs import ladder_mnist, mnist_conv, tiny
 
@@ -148,7 +148,6 @@ def check_step_equality(family: str, num_steps: str = "3"):
   make_step = train.make_train_step
   if family == "ladder":
     config, batches = _semi_supervised_setting(int(num_steps))
-    make_step = semi_supervised.make_train_step
   else:
     config = family_config(family)
     rng = np.random.default_rng(0)
@@ -269,9 +268,9 @@ def check_population_sharding(idx_dir: str):
   for leaf in jax.tree.leaves(laid_out):
     assert len(leaf.sharding.device_set) == mesh.size
     assert {shard.data.shape[0] for shard in leaf.addressable_shards} == {1}
-  sharded, sharded_history = population.train_members(config, members, mesh)
-  one, one_history = population.train_members(config, members,
-                                              population.make_mesh(jax.devices()[:1]))
+  sharded, sharded_history = trainer.train_population(config, members, mesh=mesh)
+  one, one_history = trainer.train_population(
+      config, members, mesh=population.make_mesh(jax.devices()[:1]))
   assert sharded.diverged.tolist() == one.diverged.tolist() == [False, False, False, True, False]
   error = assert_trees_close(sharded.states, one.states, "population states, 8 vs 1 device",
                              atol=PARAMS_ATOL)
@@ -283,7 +282,7 @@ def check_population_processes(idx_dir: str, port: str, process_id: str, out: st
   """One process of a population trained by two (jax.distributed on localhost)."""
   jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=int(process_id))
   config, members = population_setting(idx_dir)
-  trained, history = population.train_members(config, members)
+  trained, history = trainer.train_population(config, members)
   np.savez(out, *leaves(trained.states), diverged=np.asarray(trained.diverged),
            d_loss=history["d_loss"])
   print(json.dumps({"process": jax.process_index(), "devices": jax.device_count(),

@@ -6,6 +6,7 @@ import pytest
 
 from ebgan_jax import (checkpoint, data, population as population_lib, state as state_lib,
                        train)
+from experiments import trainer
 from experiments.configs import mnist_conv, tiny
 from tests import data_fixtures, multidevice
 
@@ -83,7 +84,7 @@ def test_each_member_is_the_single_run_with_its_settings(idx_dir, objective, fam
     # One call: through two BatchNorms per net, float rounding grows to 10% of an
     # Adam step by step 4, whatever the program.
     config.num_steps = STEPS_PER_CALL
-  population, history = population_lib.train_members(config, members, member_map=member_map)
+  population, history = trainer.train_population(config, members, member_map=member_map)
   assert population.size == len(members)
   assert history["d_loss"].shape == (len(members), config.num_steps // STEPS_PER_CALL)
   assert not np.any(population.diverged)
@@ -101,7 +102,7 @@ def test_groups_train_apart_each_as_its_single_runs(idx_dir):
   wide = config.copy_and_resolve_references()
   wide.model.size_g, wide.model.n_layer_g = 96, 3
   for group in (config, wide):
-    population, _ = population_lib.train_members(group, GAN_MEMBERS)
+    population, _ = trainer.train_population(group, GAN_MEMBERS)
     for i, member in enumerate(GAN_MEMBERS):
       multidevice.assert_trees_close(
           _learned(population.member(i)), _learned(_single_run(_member_config(group, member))),
@@ -113,8 +114,8 @@ def test_a_diverging_member_is_frozen_and_the_others_are_untouched(idx_dir, memb
   config = _config(idx_dir, "gan")
   exploding = [GAN_MEMBERS[0], {"seed": 1, "lr_g": 1e38, "lr_d": 1e38}, GAN_MEMBERS[1]]
   sane = [GAN_MEMBERS[0], {"seed": 1, "lr_g": 1e-3, "lr_d": 1e-3}, GAN_MEMBERS[1]]
-  frozen, history = population_lib.train_members(config, exploding, member_map=member_map)
-  reference, _ = population_lib.train_members(config, sane, member_map=member_map)
+  frozen, history = trainer.train_population(config, exploding, member_map=member_map)
+  reference, _ = trainer.train_population(config, sane, member_map=member_map)
   assert frozen.diverged.tolist() == [False, True, False]
   assert not np.isfinite(history["d_loss"][1]).all()
   # Frozen at its state before the call that diverged: here the initial one.
@@ -131,7 +132,7 @@ def test_a_diverging_member_is_frozen_and_the_others_are_untouched(idx_dir, memb
 
 def test_member_maps_agree(idx_dir):
   config = _config(idx_dir)
-  by_map = [population_lib.train_members(config, EBGAN_MEMBERS, member_map=m)[0]
+  by_map = [trainer.train_population(config, EBGAN_MEMBERS, member_map=m)[0]
             for m in population_lib.MEMBER_MAPS]
   multidevice.assert_trees_close(by_map[0].states, by_map[1].states, "vmap vs sequential",
                                  atol=multidevice.PARAMS_ATOL)
@@ -140,7 +141,7 @@ def test_member_maps_agree(idx_dir):
 def test_a_member_continues_as_a_single_run(idx_dir, tmp_path):
   """member(i) is a single run's GANState: same pytree, checkpointed and stepped as one."""
   config = _config(idx_dir, "gan", optimizers=("sgd", "adam"))
-  population, _ = population_lib.train_members(config, GAN_MEMBERS)
+  population, _ = trainer.train_population(config, GAN_MEMBERS)
   member = population.member(1)
   member_config = _member_config(config, GAN_MEMBERS[1])
   fresh = state_lib.create_state(member_config, jax.random.PRNGKey(0))
@@ -163,7 +164,7 @@ def test_members_with_other_settings_end_elsewhere(idx_dir):
   # The settings reach the step: same seed and data, another margin -> other parameters;
   # the same settings -> the same ones.
   members = [{**EBGAN_MEMBERS[0], "margin": m} for m in (0.3, 0.3, 1.0)]
-  population, _ = population_lib.train_members(_config(idx_dir), members)
+  population, _ = trainer.train_population(_config(idx_dir), members)
   params = [jax.tree.leaves(population.member(i).discriminator.params) for i in range(3)]
   assert all(np.array_equal(a, b) for a, b in zip(params[0], params[1]))
   assert any(not np.allclose(a, c) for a, c in zip(params[0], params[2]))
@@ -175,7 +176,7 @@ def test_members_follow_their_own_margin_schedule(idx_dir):
   config.margin_schedule, config.margin_decay_steps, config.margin_decay_begin = "linear", 2, 1
   members = [{**EBGAN_MEMBERS[0], "margin": 1.0, "margin_end": 0.0},
              {**EBGAN_MEMBERS[1], "margin": 0.1, "margin_end": 0.5}]
-  population, _ = population_lib.train_members(config, members)
+  population, _ = trainer.train_population(config, members)
   for i, member in enumerate(members):
     multidevice.assert_trees_close(
         _learned(population.member(i)), _learned(_single_run(_member_config(config, member))),
@@ -209,8 +210,17 @@ def test_bad_settings_are_rejected(idx_dir, objective, change, message):
     population_lib.create_population(_config(idx_dir, objective), **{**settings, **change})
 
 
-def test_a_decaying_learning_rate_is_refused(idx_dir):
+def test_members_decay_their_own_learning_rates_as_their_single_runs(idx_dir):
+  # The ladder network's last-third decay: each member's rate falls from its own start.
   config = _config(idx_dir)
-  config.optim_d.decay_steps = 5
-  with pytest.raises(ValueError, match="a population's learning rates are constant"):
-    population_lib.train_members(config, EBGAN_MEMBERS[:1])
+  for optim in (config.optim_g, config.optim_d):
+    optim.decay_steps, optim.decay_begin = 2, 1
+  population, _ = trainer.train_population(config, EBGAN_MEMBERS[:2])
+  for i, member in enumerate(EBGAN_MEMBERS[:2]):
+    multidevice.assert_trees_close(
+        _learned(population.member(i)), _learned(_single_run(_member_config(config, member))),
+        f"member {i}", atol=multidevice.PARAMS_ATOL)
+  # The decay reaches the optimiser: without it, the member ends elsewhere.
+  constant = _learned(_single_run(_member_config(_config(idx_dir), EBGAN_MEMBERS[0])))
+  assert any(not np.allclose(a, b, atol=1e-5) for a, b in zip(
+      jax.tree.leaves(constant), jax.tree.leaves(_learned(population.member(0)))))

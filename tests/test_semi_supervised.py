@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ebgan_jax import checkpoint, models, semi_supervised, state as state_lib
+from ebgan_jax import (checkpoint, losses, models, objectives, semi_supervised,
+                       state as state_lib, train)
 from experiments import semi_supervised as experiment, trainer
 from experiments.configs import ladder_fashion, ladder_mnist
 from tests import data_fixtures, multidevice
@@ -40,6 +41,7 @@ def _small(idx_dir, **overrides):
     optim.decay_steps, optim.decay_begin = 4, 8
   config.log_every = config.eval_every = config.sample_every = config.checkpoint_every = 4
   config.update(overrides)
+  experiment.resolve_objective(config)
   return config
 
 
@@ -73,12 +75,17 @@ def test_a_subset_that_cannot_be_balanced_is_rejected(num_labels, message):
     lambda seed: np.random.default_rng(seed).uniform(-1, 1, (3, 4, 4, 1)).astype(np.float32)),
     noise=st.floats(1e-3, 1.0), weight=st.floats(1e-2, 1e4))
 def test_the_energy_is_zero_only_for_a_perfect_reconstruction(images, noise, weight):
-  perfect = semi_supervised.energy(images, images, weight)
+  perfect = losses.ladder_energy(images, images, weight)
   np.testing.assert_array_equal(perfect, np.zeros(3))
   off = images + noise
-  energy = semi_supervised.energy(images, off, weight)
+  energy = losses.ladder_energy(images, off, weight)
   # The mean squared error on [0, 1] pixels, times the weight: (noise / 2)^2 per pixel.
   np.testing.assert_allclose(energy, weight * (noise / 2) ** 2, rtol=1e-4)
+
+
+def _objective_and_hparams(config):
+  objective = objectives.from_config(config)
+  return objective, objectives.hyperparameters(objective, config)
 
 
 def test_without_a_margin_ebgan_ln_falls_back_to_the_ladder_network(idx_dir):
@@ -87,25 +94,29 @@ def test_without_a_margin_ebgan_ln_falls_back_to_the_ladder_network(idx_dir):
   config = _small(idx_dir, margin=0.0, margin_schedule="constant")
   state = state_lib.create_state(config, jax.random.PRNGKey(0))
   batch = _batch(config)
-  fake = jax.random.uniform(jax.random.PRNGKey(5), (16, 28, 28, 1), minval=-1, maxval=1)
-  keys = list(jax.random.split(jax.random.PRNGKey(1), 3))
-  hparams = {"margin": 0.0, "reconstruction_weight": 1000.0}
-  grad = jax.value_and_grad(semi_supervised.discriminator_objective, has_aux=True)
-  (ebgan_loss, _), ebgan_grads = grad(state.discriminator.params, state, batch, fake, keys,
-                                      hparams)
-  (ln_loss, _), ln_grads = grad(state.discriminator.params, state, batch, None, keys, hparams)
+  z = train.sample_z(jax.random.PRNGKey(5), 16, state.z_dim)
+  key = jax.random.PRNGKey(1)
+  values = {"margin": 0.0, "reconstruction_weight": 1000.0}
+  grad = jax.value_and_grad(train.discriminator_objective, has_aux=True)
+  ebgan_ln, ln = objectives.LadderEBGAN(), objectives.Ladder()
+  d, g = state.discriminator.params, state.generator.params
+  (ebgan_loss, _), ebgan_grads = grad(d, g, state, batch, z, key, values, objective=ebgan_ln)
+  (ln_loss, _), ln_grads = grad(d, g, state, batch, None, key, values, objective=ln)
   assert float(ebgan_loss) == float(ln_loss)
   assert jax.tree.all(jax.tree.map(np.array_equal, ebgan_grads, ln_grads))
   # With a margin above the fakes' energies the hinge counts.
-  (margin_loss, _), _ = grad(state.discriminator.params, state, batch, fake, keys,
-                             {**hparams, "margin": 1e4})
+  (margin_loss, _), _ = grad(d, g, state, batch, z, key, {**values, "margin": 1e4},
+                             objective=ebgan_ln)
   assert float(margin_loss) > float(ln_loss) + 1e3
 
-  settings = semi_supervised.settings(config)
-  steps = {ebgan: jax.jit(lambda s, b, e=ebgan: semi_supervised.train_step(
-      s, b, settings["hparams"], objective=settings["objective"], ebgan=e)) for ebgan in (0, 1)}
-  ln, ln_metrics = steps[0](state, batch)
-  ebgan_ln, metrics = steps[1](state, batch)
+  steps = {}
+  for name in ("ln", "ebgan_ln"):
+    objective, hparams = _objective_and_hparams(_small(idx_dir, objective=name, margin=0.0,
+                                                       margin_schedule="constant"))
+    steps[name] = jax.jit(lambda s, b, o=objective, h=hparams: train.train_step(
+        s, b, h, objective=o))
+  ln, ln_metrics = steps["ln"](state, batch)
+  ebgan_ln, metrics = steps["ebgan_ln"](state, batch)
   assert jax.tree.all(jax.tree.map(np.array_equal, ln.discriminator, ebgan_ln.discriminator))
   assert float(ln_metrics["d_loss"]) == float(metrics["d_loss"])
   # The LN leaves G alone; EBGAN-LN trains it.
@@ -117,10 +128,9 @@ def test_without_a_margin_ebgan_ln_falls_back_to_the_ladder_network(idx_dir):
 def test_test_time_statistics_come_from_the_unlabelled_images(idx_dir):
   config = _small(idx_dir)
   state = state_lib.create_state(config, jax.random.PRNGKey(0))
-  settings = semi_supervised.settings(config)
+  objective, hparams = _objective_and_hparams(config)
   batch = _batch(config)
-  after, _ = semi_supervised.train_step(state, batch, settings["hparams"],
-                                        objective=settings["objective"], ebgan=True)
+  after, _ = train.train_step(state, batch, hparams, objective=objective)
   d = state.discriminator
   _, expected = d.apply_fn({"params": d.params, "batch_stats": d.batch_stats},
                            batch["unlabelled"], train=True, mutable=["batch_stats"],
@@ -157,7 +167,8 @@ def test_resume_is_exact(idx_dir, tmp_path):
   assert all(np.array_equal(a, b) for a, b in zip(straight_leaves, resumed_leaves))
   # The LN baseline does not resume an EBGAN-LN workdir, nor another labelled subset.
   for change in ({"ebgan": False}, {"num_labels": 30}):
-    with pytest.raises(trainer.ConfigError, match=f"were trained with {next(iter(change))}="):
+    with pytest.raises(trainer.ConfigError, match=f"were trained with ({next(iter(change))}"
+                                                  f"|objective)="):
       trainer.train_and_evaluate(_small(idx_dir, num_steps=16, **change),
                                  str(tmp_path / "resumed"), experiment.TASK)
 

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from ebgan_jax import checkpoint, data, population, train
+from ebgan_jax import checkpoint, data, train
 from experiments import trainer
 from experiments.configs import tiny
 from tests import data_fixtures, multidevice
@@ -63,7 +63,7 @@ def test_two_processes_train_a_population_as_one(idx_dir, tmp_path):
     report = json.loads(stdout.strip().splitlines()[-1])
     assert report["devices"] == 4 and report["local_devices"] == 2
   config, members = multidevice.population_setting(str(idx_dir))
-  alone, history = population.train_members(config, members)
+  alone, history = trainer.train_population(config, members)
   for i in (0, 1):
     with np.load(tmp_path / f"{i}.npz") as got:
       assert got["diverged"].tolist() == alone.diverged.tolist() == [False] * 3 + [True, False]

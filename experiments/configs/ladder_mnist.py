@@ -27,7 +27,14 @@ def get_config() -> ml_collections.ConfigDict:
       "family": "ladder", "n_layer_g": 4, "size_g": 800,
       "widths_d": (1000, 500, 250, 250, 250), "num_classes": 10, "noise_std": 0.3})
 
-  config.ebgan = True  # False: the ladder network alone (G is not trained)
+  # EBGAN-LN (objectives.LadderEBGAN); ebgan=False trains the ladder network alone,
+  # objective "ln" (G is not trained).
+  config.objective = "ebgan_ln"
+  config.ebgan = True
+  # Non-empty: one population of seeds x margins (empty: config.margin), trained as
+  # one program, each member's test error in workdir/results.csv.
+  config.seeds = ()
+  config.margins = ()
   config.num_labels = 100  # balanced over the classes, drawn by config.seed
   config.labelled_batch_size = 100
   config.batch_size = 100  # unlabelled images per step, and G's samples
