@@ -18,6 +18,7 @@ import numpy as np
 from ebgan_jax import population, state as state_lib, train
 from experiments import trainer
 from experiments.configs import ladder_mnist, mnist_conv, tiny
+from tests import stateful_objective
 
 GLOBAL_BATCH = 16
 
@@ -32,8 +33,12 @@ def small_conv64_config():
 
 
 def family_config(family: str):
+  """The config of a family's check; "counting": the mlp nets with the toy objective that
+  carries state (tests/stateful_objective.py)."""
   config = {"conv28": mnist_conv.get_config, "conv64": small_conv64_config,
-            "mlp": tiny.get_config}[family]()
+            "mlp": tiny.get_config, "counting": tiny.get_config}[family]()
+  if family == "counting":
+    config.objective = stateful_objective.CountingEBGAN.name
   config.batch_size = GLOBAL_BATCH
   return tolerant_adam(config)
 
@@ -166,6 +171,8 @@ def check_step_equality(family: str, num_steps: str = "3"):
       (single.generator.batch_stats, single.discriminator.batch_stats), "batch_stats")
   metrics_error = assert_trees_close(sharded_metrics, single_metrics, "metrics",
                                      rtol=METRICS_RTOL)
+  assert_trees_close(sharded.objective_state, single.objective_state, "objective state",
+                     rtol=METRICS_RTOL)
   assert sharded.generator.params["Dense_0"]["kernel"].sharding.is_fully_replicated
   print(json.dumps({"family": family, "devices": jax.device_count(), "steps": int(num_steps),
                     "max_abs_error_params": param_error, "max_abs_error_batch_stats": stats_error,

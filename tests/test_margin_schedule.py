@@ -75,23 +75,25 @@ def test_bad_schedules_are_rejected(kind, steps, begin, message):
 
 
 def test_the_step_uses_the_margin_of_its_step():
-  # A state at step 6 of a linear decay from 0.5 to 0.1 over 8 steps after step 2 trains
-  # exactly like the constant margin 0.5 - 0.4 * 4 / 8 = 0.3.
+  # A state at step 6 of a linear decay over 8 steps after step 2, from m + 0.2 to m - 0.2,
+  # trains exactly like the constant margin m; m is the fakes' mean energy, so the hinge is
+  # partly active and the margins of steps 5 and 7 (m +- 0.05) train otherwise.
   config = tiny.get_config()
   config.margin_schedule, config.margin_decay_steps, config.margin_decay_begin = "linear", 8, 2
   scheduled = objectives.from_config(config)
   state = state_lib.create_state(config, jax.random.PRNGKey(0)).replace(step=jnp.int32(6))
   batch = jax.random.uniform(jax.random.PRNGKey(1), (16, 28, 28, 1), minval=-1, maxval=1)
-  hparams = {"margin": 0.5, "lambda_pt": 0.1, "margin_end": 0.1}
-  after, metrics = jax.jit(train.train_step, static_argnames="objective")(
-      state, batch, hparams, objective=scheduled)
-  expected, expected_metrics = jax.jit(train.train_step, static_argnames="objective")(
-      state, batch, {"margin": 0.3, "lambda_pt": 0.1}, objective=objectives.EBGAN())
+  step = jax.jit(train.train_step, static_argnames="objective")
+  constant = lambda m: step(state, batch, {"margin": m, "lambda_pt": 0.1},
+                            objective=objectives.EBGAN())
+  m = float(constant(0.3)[1]["energy_fake"])
+  after, metrics = step(state, batch, {"margin": m + 0.2, "lambda_pt": 0.1, "margin_end": m - 0.2},
+                        objective=scheduled)
+  expected, expected_metrics = constant(m)
+  assert 0.0 < float(metrics["hinge_active"]) < 1.0
   for name in metrics:
     np.testing.assert_allclose(metrics[name], expected_metrics[name], rtol=1e-5, err_msg=name)
   np.testing.assert_allclose(jax.tree.leaves(after.discriminator.params)[0],
                              jax.tree.leaves(expected.discriminator.params)[0], atol=1e-6)
-  # The hinge sees the margin: a margin near the real energies and one far above differ.
-  _, far = jax.jit(train.train_step, static_argnames="objective")(
-      state, batch, {"margin": 5.0, "lambda_pt": 0.1}, objective=objectives.EBGAN())
-  assert float(far["d_loss"]) > float(metrics["d_loss"]) + 1.0
+  for off_by_one in (m + 0.05, m - 0.05):
+    assert abs(float(constant(off_by_one)[1]["d_loss"]) - float(metrics["d_loss"])) > 1e-3

@@ -1,6 +1,7 @@
 """Populations: member i is the single run with member i's settings, for either objective."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -8,7 +9,7 @@ from ebgan_jax import (checkpoint, data, population as population_lib, state as 
                        train)
 from experiments import trainer
 from experiments.configs import mnist_conv, tiny
-from tests import data_fixtures, multidevice
+from tests import data_fixtures, multidevice, stateful_objective  # noqa: F401 (registers it)
 
 BATCH = 8
 STEPS = 4
@@ -52,20 +53,25 @@ def _member_config(config, member):
   return config
 
 
-def _single_run(config):
-  """The single run of `config`: train.make_multi_step over data.create_dataset's batches."""
+def _single_run(config, with_metrics=False):
+  """The single run of `config`: train.make_multi_step over data.create_dataset's batches;
+  with_metrics, also each metric's mean per call, (calls,)."""
   state = state_lib.create_state(config, jax.random.PRNGKey(config.seed))
   batches, _ = data.create_dataset(config, "train")
   step = train.make_multi_step(config)
+  means = []
   for _ in range(config.num_steps // config.steps_per_call):
-    state, _ = step(state, np.stack([next(batches) for _ in range(config.steps_per_call)]))
+    state, metrics = step(state, np.stack([next(batches) for _ in range(config.steps_per_call)]))
+    means.append({name: float(np.mean(value)) for name, value in metrics.items()})
+  if with_metrics:
+    return state, {name: np.array([m[name] for m in means]) for name in means[0]}
   return state
 
 
 def _learned(state):
-  """Params, BatchNorm statistics and optimiser state: what training changes."""
+  """Params, BatchNorm statistics, optimiser state and the objective's: what training changes."""
   return [(net.params, net.batch_stats, net.opt_state)
-          for net in (state.generator, state.discriminator)]
+          for net in (state.generator, state.discriminator)] + [state.objective_state]
 
 
 @pytest.mark.parametrize("objective, family, optimizers, members, member_map", [
@@ -76,6 +82,8 @@ def _learned(state):
     # BatchNorm in both nets and convolutions; kept small (conv28 compiles slowly), under
     # the CPU's member map.
     ("ebgan", "conv28", ("adam", "adam"), EBGAN_MEMBERS[:2], "sequential"),
+    # An objective that carries state (tests/stateful_objective.py).
+    ("counting_ebgan", "mlp", ("adam", "adam"), EBGAN_MEMBERS, "vmap"),
 ])
 def test_each_member_is_the_single_run_with_its_settings(idx_dir, objective, family, optimizers,
                                                          members, member_map):
@@ -89,11 +97,16 @@ def test_each_member_is_the_single_run_with_its_settings(idx_dir, objective, fam
   assert history["d_loss"].shape == (len(members), config.num_steps // STEPS_PER_CALL)
   assert not np.any(population.diverged)
   for i, member in enumerate(members):
-    single = _single_run(_member_config(config, member))
+    single, metrics = _single_run(_member_config(config, member), with_metrics=True)
     state = population.member(i)
     assert int(state.step) == config.num_steps
     multidevice.assert_trees_close(_learned(state), _learned(single), f"member {i}",
                                    atol=multidevice.PARAMS_ATOL)
+    # The logged metrics are the member's own: each call's means, as its single run's.
+    assert set(history) == set(metrics)
+    for name, values in metrics.items():
+      np.testing.assert_allclose(history[name][i], values, rtol=multidevice.METRICS_RTOL,
+                                 atol=1e-6, err_msg=f"member {i}: {name}")
 
 
 def test_groups_train_apart_each_as_its_single_runs(idx_dir):
@@ -224,3 +237,51 @@ def test_members_decay_their_own_learning_rates_as_their_single_runs(idx_dir):
   constant = _learned(_single_run(_member_config(_config(idx_dir), EBGAN_MEMBERS[0])))
   assert any(not np.allclose(a, b, atol=1e-5) for a, b in zip(
       jax.tree.leaves(constant), jax.tree.leaves(_learned(population.member(0)))))
+
+
+def test_a_frozen_member_stays_frozen_and_a_later_divergence_freezes_at_the_call_before(idx_dir):
+  config = _config(idx_dir)
+  mesh = population_lib.make_mesh(jax.devices()[:1])
+  population, streams = population_lib.initialise(config, EBGAN_MEMBERS[:2], mesh)
+  step = population_lib.make_multi_step(mesh)
+  rng = np.random.default_rng(0)
+  batches = lambda: rng.uniform(-1, 1, (STEPS_PER_CALL, 2, BATCH, 28, 28, 1)).astype(np.float32)
+  copy = lambda tree: jax.tree.map(jnp.copy, tree)
+  # Member 0 diverged in an earlier call: healthy data leave it as it is, and flagged.
+  population = population.replace(diverged=jnp.array([True, False]))
+  before = copy(population.states)
+  population, _ = step(population, batches(), streams)
+  assert population.diverged.tolist() == [True, False]
+  assert_member = lambda states, i, expected: multidevice.assert_trees_close(
+      jax.tree.map(lambda x: x[i], states), jax.tree.map(lambda x: x[i], expected),
+      f"member {i}", atol=0.0)
+  assert_member(population.states, 0, before)
+  moved = jax.tree.leaves(population.states.discriminator.params)[0][1]
+  assert not np.array_equal(moved, jax.tree.leaves(before.discriminator.params)[0][1])
+  # In a later call member 1's batches turn NaN (stream 1: seed 1): it keeps the state it
+  # had after the call before, and is flagged; member 0 is still untouched.
+  after_first = copy(population.states)
+  poisoned = batches()
+  poisoned[:, 1] = np.nan
+  population, _ = step(population, poisoned, streams)
+  assert population.diverged.tolist() == [True, True]
+  assert_member(population.states, 1, after_first)
+  assert_member(population.states, 0, before)
+
+
+def test_a_population_stopped_mid_run_resumes_to_the_same_end(idx_dir, tmp_path):
+  config = _config(idx_dir, "counting_ebgan")
+  straight, straight_history = trainer.train_population(config, EBGAN_MEMBERS)
+  stopped = config.copy_and_resolve_references()
+  stopped.num_steps = STEPS_PER_CALL  # as if stopped after its first checkpoint
+  trainer.train_population(stopped, EBGAN_MEMBERS, str(tmp_path))
+  resumed, history = trainer.train_population(config, EBGAN_MEMBERS, str(tmp_path))
+  # From the checkpoint, not from step 0: only the calls after it ran here.
+  assert history["d_loss"].shape == (3, 1)
+  np.testing.assert_array_equal(history["d_loss"][:, -1], straight_history["d_loss"][:, -1])
+  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight), strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert [int(resumed.states.objective_state["steps"][i]) for i in range(3)] == [STEPS] * 3
+  # Other members do not resume this population's checkpoints.
+  with pytest.raises(trainer.ConfigError, match="population_members"):
+    trainer.train_population(config, EBGAN_MEMBERS[:2], str(tmp_path))

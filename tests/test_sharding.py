@@ -72,7 +72,8 @@ def test_two_processes_train_a_population_as_one(idx_dir, tmp_path):
       _assert_leaves_close(trained, [np.asarray(x) for x in jax.tree.leaves(alone.states)])
 
 
-@pytest.mark.parametrize("family", ["conv28", "mlp", "conv64", "ladder"])  # ladder: EBGAN-LN
+# ladder: EBGAN-LN; counting: an objective that carries state (tests/stateful_objective.py)
+@pytest.mark.parametrize("family", ["conv28", "mlp", "conv64", "ladder", "counting"])
 def test_sharded_step_equals_one_device(family):
   report = _run("check_step_equality", family, 3)
   assert report["devices"] == 8
