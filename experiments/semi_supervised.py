@@ -90,7 +90,8 @@ def members(config) -> list[dict]:
   if margins and "margin" not in objective.hyperparameters:
     raise trainer.ConfigError(f"margins are EBGAN-LN's; objective {objective.name!r} has none")
   try:
-    objectives.check_hyperparameters(objective, {"margin": list(margins)} if margins else {})
+    objectives.check_hyperparameters(objective, {**hparams, "margin": list(margins)}
+                                     if margins else hparams)
   except ValueError as e:
     raise trainer.ConfigError(str(e)) from None
   return [{**hparams, **({"margin": float(margin)} if margins else {}), "seed": int(seed),

@@ -452,7 +452,8 @@ def train_population(config: ml_collections.ConfigDict, members: Sequence[dict],
   fresh, streams = population_lib.initialise(config, padded, mesh)
   manager = None
   saved_config = config.copy_and_resolve_references()
-  saved_config.population_members = json.dumps(list(members), sort_keys=True)
+  with saved_config.unlocked():  # the members, so that other members do not resume here
+    saved_config.population_members = json.dumps(list(members), sort_keys=True)
   if workdir is not None:
     _prepare_workdir(workdir)
     manager = _open_checkpoints(saved_config, workdir, task, ("population_members",))

@@ -1,5 +1,6 @@
 """Semi-supervised EBGAN-LN: the labelled subset, the ladder's energy and losses, the runner."""
 
+import csv
 import pathlib
 import subprocess
 import sys
@@ -173,6 +174,43 @@ def test_resume_is_exact(idx_dir, tmp_path):
                                  str(tmp_path / "resumed"), experiment.TASK)
 
 
+def test_ebgan_ln_seeds_as_a_population_equal_their_single_runs(idx_dir, tmp_path):
+  config = multidevice.tolerant_adam(_small(idx_dir, seeds=(0, 1), margins=(2.0, 20.0)))
+  members = experiment.members(config)
+  assert [(m["margin"], m["seed"]) for m in members] == [(2.0, 0), (2.0, 1), (20.0, 0),
+                                                         (20.0, 1)]
+  population, _ = trainer.train_population(config, members, str(tmp_path / "population"),
+                                           experiment.TASK)
+  for i in (1, 2):  # another seed; another margin
+    single_config = _small(idx_dir, seed=members[i]["seed"], margin=members[i]["margin"])
+    single = trainer.train_and_evaluate(multidevice.tolerant_adam(single_config),
+                                        str(tmp_path / f"single{i}"), experiment.TASK)
+    member = population.member(i)
+    multidevice.assert_trees_close(
+        [member.generator.params, member.discriminator.params, member.discriminator.batch_stats],
+        [single.generator.params, single.discriminator.params, single.discriminator.batch_stats],
+        # Rounding differs between the programs; through 12 steps of the ladder's noise and
+        # m = 20's active hinge it reached 1.5e-5 in G's last layer.
+        f"member {i}", atol=5 * multidevice.PARAMS_ATOL)
+
+
+def test_the_cli_trains_seeds_as_one_population_with_a_test_error_each(idx_dir, tmp_path):
+  workdir = tmp_path / "seeds"
+  result = _run_cli(f"--workdir={workdir}", f"--config.idx_dir={idx_dir}", "--config.seeds=0,1",
+                    "--config.ebgan=False", "--config.num_labels=20",
+                    "--config.labelled_batch_size=10", "--config.batch_size=16",
+                    "--config.model.widths_d=(32,16)", "--config.num_steps=4",
+                    "--config.steps_per_call=2", "--config.checkpoint_every=2",
+                    "--config.optim_d.decay_steps=2", "--config.optim_d.decay_begin=2")
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(workdir / experiment.RESULTS, newline="") as f:
+    rows = list(csv.DictReader(f))
+  assert [(row["seed"], row["objective"], row["steps"]) for row in rows] == [
+      ("0", "ln", "4"), ("1", "ln", "4")]
+  assert all(0.0 <= float(row["test_error"]) <= 1.0 for row in rows)
+  assert (workdir / "checkpoints" / "4").exists()
+
+
 def _run_cli(*args):
   return subprocess.run([sys.executable, "-m", "experiments.semi_supervised", *args], cwd=REPO,
                         capture_output=True, text=True, timeout=600)
@@ -185,6 +223,8 @@ def _run_cli(*args):
     (["--config.margin_schedule=step"], "margin_schedule must be one of"),
     (["--config.eval_every=0"], "eval_every must be >= 1"),
     (["--config.optim_d.decay_steps=-1"], "decay_steps and decay_begin must be >= 0"),
+    (["--config.seeds=0,1", "--config.ebgan=False", "--config.margins=2,5"],
+     "margins are EBGAN-LN's; objective 'ln' has none"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
   result = _run_cli(f"--workdir={tmp_path / 'run'}", *args)
