@@ -174,6 +174,20 @@ def test_resume_is_exact(idx_dir, tmp_path):
                                  str(tmp_path / "resumed"), experiment.TASK)
 
 
+def test_a_workdir_saved_before_the_ladder_objectives_had_names_resumes(idx_dir, tmp_path):
+  # Such a config said objective "ebgan" and told EBGAN-LN and the LN apart by `ebgan`.
+  old = _small(idx_dir, num_steps=4)
+  old.objective = "ebgan"
+  manager = checkpoint.create_manager(str(tmp_path / "checkpoints"), 1)
+  checkpoint.save(manager, state_lib.create_state(old, jax.random.PRNGKey(0)), old)
+  manager.wait_until_finished()
+  resumed = trainer.train_and_evaluate(_small(idx_dir, num_steps=4), str(tmp_path),
+                                       experiment.TASK)
+  assert int(resumed.step) == 4
+  with pytest.raises(trainer.ConfigError, match="were trained with objective=ebgan_ln"):
+    trainer.train_and_evaluate(_small(idx_dir, ebgan=False), str(tmp_path), experiment.TASK)
+
+
 def test_ebgan_ln_seeds_as_a_population_equal_their_single_runs(idx_dir, tmp_path):
   config = multidevice.tolerant_adam(_small(idx_dir, seeds=(0, 1), margins=(2.0, 20.0)))
   members = experiment.members(config)
