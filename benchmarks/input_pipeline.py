@@ -93,8 +93,8 @@ def main(argv):
 
     config.download = True  # A no-op under mock_data, which has nothing to download.
     first_epoch_batches = -(-_MOCK_EXAMPLES // config.batch_size)
-    # Nor does it need the network that data.py probes for before a real download.
-    no_probe = mock.patch.object(data, "_unreachable_download_host", return_value=None)
+    # Nor does it need the network that data/tfds.py probes for before a real download.
+    no_probe = mock.patch.object(data.tfds, "unreachable_download_host", return_value=None)
     with tfds.testing.mock_data(num_examples=_MOCK_EXAMPLES), no_probe:
       result = {
           "mock": True,

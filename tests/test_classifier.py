@@ -71,7 +71,8 @@ def test_predict_gives_probabilities_and_features_in_any_number(trained):
   np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
   np.testing.assert_array_equal(np.argmax(probabilities, axis=1), labels)
   # uint8 and [-1, 1] floats are the same images.
-  as_floats, _ = classifier.predict(model, params, images[:10] / 127.5 - 1.0)
+  as_floats, _ = classifier.predict(model, params,
+                                    data.pixels_to_signed(images[:10].astype(np.float32)))
   np.testing.assert_allclose(as_floats, probabilities[:10], rtol=1e-5, atol=1e-6)
 
 
@@ -116,7 +117,7 @@ def test_train_classifier_from_tfds_trains_caches_and_reuses(tmp_path, monkeypat
 
   # Under mock_data, "downloading" makes the mock examples; nothing leaves the machine,
   # so the offline probe must not stop it.
-  monkeypatch.setattr(data, "_unreachable_download_host", lambda builder: None)
+  monkeypatch.setattr(data.tfds, "unreachable_download_host", lambda builder: None)
   config = classifier_config(cache_dir=str(tmp_path / "cache"), data_dir=str(tmp_path / "tfds"),
                              download=True)
   with tfds.testing.mock_data(num_examples=96, policy=tfds.testing.MockPolicy.USE_CODE):

@@ -55,7 +55,7 @@ def example_ids(batches):
 
 
 def normalized(pixels):
-  return np.asarray(pixels, np.float32) / np.float32(127.5) - np.float32(1.0)
+  return data.pixels_to_signed(np.asarray(pixels, np.float32))
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def mock_mnist(tmp_path, monkeypatch):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   # The "download" is mocked: the machine may be offline, the probe must not say so.
-  monkeypatch.setattr(data, "_unreachable_download_host", lambda builder: None)
+  monkeypatch.setattr(data.tfds, "unreachable_download_host", lambda builder: None)
   with tfds.testing.mock_data(num_examples=32, policy=tfds.testing.MockPolicy.USE_CODE):
     yield make_config(
         dataset="mnist", data_dir=str(tmp_path), image_shape=(28, 28, 1), batch_size=8,
@@ -181,6 +181,88 @@ def test_idx_dir_wins_over_tfds_dataset(idx_dir):
   config = make_config(idx_dir=str(idx_dir), dataset="no_such_tfds_dataset")
   _, info = data.create_dataset(config)
   assert info.source == f"idx:{idx_dir}"
+
+
+# --- The registry of sources and the pixel mapping ---------------------------
+
+
+@pytest.mark.parametrize("overrides, kind", [
+    ({}, "tfds"),
+    ({"idx_dir": "/idx"}, "idx"),
+    ({"idx_dir": "/idx", "dataset": "no_such_tfds_dataset"}, "idx"),
+    ({"image_dir": "/images"}, "images"),
+    ({"stacked_split_sizes": {"train": 5}}, "stacked"),
+    ({"stacked_split_sizes": {"train": 5}, "idx_dir": "/idx"}, "stacked"),
+])
+def test_source_kind_picks_each_source(overrides, kind):
+  config = make_config(**overrides)
+  assert data.source_kind(config) == kind
+  assert data.source_for(config) is data.SOURCES[kind]
+
+
+@pytest.mark.parametrize("other, value", [("idx_dir", "/idx"),
+                                          ("stacked_split_sizes", {"train": 5, "test": 5})])
+def test_an_image_folder_with_another_source_is_one_error_everywhere(tmp_path, other, value):
+  """create_dataset, load_split and source_name all ask source_kind, so all refuse alike."""
+  config = make_config(image_dir=str(tmp_path), image_shape=(4, 4, 3), crop=0,
+                       test_fraction=0.0, max_eval_images=0, **{other: value})
+  message = (f"config sets both image_dir ({tmp_path}) and {other}; an image folder is a source"
+             f" of its own, so set --config.{other}=None or --config.image_dir=None.")
+  for entry_point in (data.create_dataset, data.load_split, data.source_name):
+    with pytest.raises(ValueError) as error:
+      entry_point(config)
+    assert str(error.value) == message, entry_point.__name__
+
+
+def test_every_entry_point_reads_the_source_the_registry_holds(monkeypatch):
+  """A source replaced in SOURCES serves create_dataset, load_split, source_name and the
+  digits of stacked MNIST: no other code picks a source."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  images = fixtures().numbered_images(8)[..., np.newaxis]
+  labels = np.arange(8, dtype=np.int64) % 10
+
+  def examples(config, split, process_index, process_count):
+    info = data.DatasetInfo(images.shape[1:], len(images), split, "fake:")
+    shard = tf.data.Dataset.from_tensor_slices(images).shard(process_count, process_index)
+    return shard, info
+
+  fake = data.Source(describe=lambda config: "fake:", examples=examples,
+                     load_split=lambda config, split: (images, labels))
+  monkeypatch.setitem(data.SOURCES, "idx", fake)
+  config = make_config(idx_dir="/no/such/idx", batch_size=8)
+
+  assert data.source_name(config) == "fake:"
+  np.testing.assert_array_equal(data.load_split(config)[0], images)
+  batches, info = data.create_dataset(config)
+  assert info.source == "fake:" and sorted(example_ids(next(batches))) == list(range(8))
+
+  stacked_config = make_config(idx_dir="/no/such/idx", image_shape=(4, 4, 3),
+                               stacked_split_sizes={"train": 6, "test": 6})
+  assert data.source_name(stacked_config) == "stacked:fake:"
+  stacked_images, modes = data.load_split(stacked_config, "train")
+  assert stacked_images.shape == (6, 4, 4, 3)
+  digits = stacked_images[:, 0, 0, :]  # numbered images: pixel (0, 0) is the image's index
+  np.testing.assert_array_equal(modes, (labels[digits] * [100, 10, 1]).sum(axis=1))
+
+
+@pytest.mark.parametrize("framework", ["numpy", "jax", "tensorflow"])
+def test_pixels_to_signed_maps_0_255_onto_minus_one_one(framework):
+  pixels = np.arange(256, dtype=np.float32)
+  if framework == "jax":
+    pixels = jax.numpy.asarray(pixels)
+  elif framework == "tensorflow":
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    pixels = tf.constant(pixels)
+  signed = np.asarray(data.pixels_to_signed(pixels))
+  # The mapping written out once, in float32 like every caller's.
+  expected = np.arange(256, dtype=np.float32) / np.float32(127.5) - np.float32(1.0)
+  assert signed.dtype == np.float32
+  if framework == "jax":  # XLA may divide by multiplying with the reciprocal: 1 ulp off
+    np.testing.assert_allclose(signed, expected, rtol=0, atol=np.finfo(np.float32).eps)
+  else:
+    np.testing.assert_array_equal(signed, expected)
+  assert signed[0] == -1.0 and signed[-1] == 1.0
 
 
 # --- tensorflow-datasets ------------------------------------------------------
@@ -392,7 +474,7 @@ def test_tfds_download_failure_points_to_idx_files(tmp_path, monkeypatch):
     raise ConnectionError("Failed to resolve 'storage.googleapis.com'")
 
   monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
-  monkeypatch.setattr(data, "_unreachable_download_host", lambda builder: None)  # host answers
+  monkeypatch.setattr(data.tfds, "unreachable_download_host", lambda builder: None)  # host answers
   config = make_config(dataset="mnist", data_dir=str(tmp_path), download=True)
   with pytest.raises(FileNotFoundError, match="could not be downloaded.*dataset-fashion-mnist"):
     data.create_dataset(config)
@@ -420,7 +502,7 @@ def test_offline_is_found_out_before_tfds_retries(tmp_path, monkeypatch):
   with pytest.raises(FileNotFoundError,
                      match="storage.googleapis.com does not answer.*--config.idx_dir=DIR"):
     data.create_dataset(config)
-  assert probed == [(("storage.googleapis.com", 443), data._PROBE_SECONDS)]
+  assert probed == [(("storage.googleapis.com", 443), data.tfds.PROBE_SECONDS)]
 
 
 def test_unknown_tfds_name(tmp_path):

@@ -108,7 +108,7 @@ def test_batches_hold_each_image_once_per_epoch_in_range(image_dir):
   ids = image_ids(epoch)
   assert sorted(ids) == list(range(NUM_IMAGES))
   # Flat images stay flat, grey in every channel, and at their level (JPEG: within 3).
-  expected = (value(ids).astype(np.float32) / 127.5 - 1).reshape(-1, 1, 1, 1)
+  expected = data.pixels_to_signed(value(ids).astype(np.float32)).reshape(-1, 1, 1, 1)
   np.testing.assert_allclose(epoch.reshape(-1, 8, 8, 3), np.broadcast_to(expected, (24, 8, 8, 3)),
                              atol=3 / 127.5)
 
@@ -201,7 +201,7 @@ def test_an_image_of_the_target_size_is_unchanged(tmp_path):
   images, _ = data.load_split(config, "train")
   np.testing.assert_array_equal(images[0], pixels)
   batches, _ = data.create_dataset(make_config(tmp_path / "one", batch_size=1))
-  np.testing.assert_array_equal(next(batches)[0], pixels / np.float32(127.5) - np.float32(1.0))
+  np.testing.assert_array_equal(next(batches)[0], data.pixels_to_signed(pixels.astype(np.float32)))
 
 
 # --- Splits and load_split ----------------------------------------------------
@@ -358,7 +358,7 @@ def mock_tfds(tmp_path, monkeypatch):
   """tfds replaced by 16 random examples per split; data_dir is empty, nothing downloads."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  monkeypatch.setattr(data, "_unreachable_download_host", lambda builder: None)
+  monkeypatch.setattr(data.tfds, "unreachable_download_host", lambda builder: None)
   with tfds.testing.mock_data(num_examples=16, policy=tfds.testing.MockPolicy.USE_CODE):
     yield tmp_path
 
@@ -380,7 +380,8 @@ def test_tfds_photographs_are_cropped_and_resized(mock_tfds, make):
   np.testing.assert_array_equal(labels, np.full(16, data.NO_LABEL))
   # One preprocessing for the stream and for load_split.
   by_bytes = lambda arrays: sorted(array.tobytes() for array in arrays)
-  assert by_bytes(epoch.reshape(16, 64, 64, 3)) == by_bytes(train_images / np.float32(127.5) - 1)
+  signed = data.pixels_to_signed(train_images.astype(np.float32))
+  assert by_bytes(epoch.reshape(16, 64, 64, 3)) == by_bytes(signed)
 
 
 def test_tfds_photographs_need_resize_or_crop(mock_tfds):
@@ -400,7 +401,7 @@ def test_imagenet_manual_download_names_the_directory(tmp_path, monkeypatch):
     raise AssertionError("the network was touched")
 
   monkeypatch.setattr(socket, "create_connection", no_network)
-  monkeypatch.setattr(data, "_unreachable_download_host", no_network)
+  monkeypatch.setattr(data.tfds, "unreachable_download_host", no_network)
   config = imagenet128.get_config()
   config.data_dir = str(tmp_path)
   manual_dir = tmp_path / "downloads" / "manual"
