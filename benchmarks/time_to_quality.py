@@ -74,7 +74,7 @@ def make_evaluator(config):
 
 def held_out_losses(state, config, test_images: np.ndarray) -> dict[str, float]:
   """The step's quantities on held-out real images and fresh samples, nets in training mode."""
-  real = test_images.astype(np.float32) / 127.5 - 1.0
+  real = data.pixels_to_signed(test_images.astype(np.float32))
   fake = train.generate(state, jax.random.PRNGKey(1), len(real))
   d = state.discriminator
 

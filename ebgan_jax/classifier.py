@@ -37,6 +37,8 @@ import optax
 import orbax.checkpoint as ocp
 from flax.training import train_state
 
+from ebgan_jax import data
+
 DEFAULT_CACHE_DIR = "~/.cache/ebgan_jax/classifiers"
 METADATA_FILE = "classifier.json"
 # Images per forward pass when predicting: one compiled shape for any N.
@@ -93,10 +95,10 @@ def create_model(model_config) -> CNN:
 
 
 def to_input(images) -> jax.Array:
-  """uint8 pixels p -> p / 127.5 - 1 in [-1, 1], like the data pipeline; floats pass as they are."""
+  """uint8 pixels to [-1, 1] as the data pipeline maps them; floats pass as they are."""
   images = np.asarray(images)
   if images.dtype == np.uint8:
-    return jnp.asarray(images, jnp.float32) / 127.5 - 1.0
+    return data.pixels_to_signed(jnp.asarray(images, jnp.float32))
   return jnp.asarray(images, jnp.float32)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 
 
 def to_uint8(images) -> np.ndarray:
-  """[-1, 1] floats to uint8 pixels, the inverse of the input pipeline's p / 127.5 - 1.
+  """[-1, 1] floats to uint8 pixels, the inverse of data.pixels_to_signed (p / 127.5 - 1).
 
   uint8 input is returned as it is.
   """

@@ -237,7 +237,7 @@ def test_discriminator_learns_on_real_fashion_mnist(tmp_path):
   state = trainer.train_and_evaluate(config, str(tmp_path))
 
   images, _ = data.load_split(config, "test")
-  real = jnp.asarray(images[:500], jnp.float32) / 127.5 - 1.0
+  real = data.pixels_to_signed(jnp.asarray(images[:500], jnp.float32))
   fake = train.generate(state, jax.random.PRNGKey(1), 500)
   d = state.discriminator
 
