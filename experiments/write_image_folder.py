@@ -10,7 +10,7 @@ resized with PIL's bilinear filter to --size x --size (upscaling invents no
 detail with any filter; bilinear, unlike Lanczos, puts no ringing halo around
 the garments' hard edges on their black background) and its grey value
 replicated into R, G and B. The train/ and test/ folders are the image-folder
-source's splits (ebgan_jax/data.py), so the real photographs' pipeline can be
+source's splits (ebgan_jax/data/image_folder.py), so the real photographs' pipeline can be
 tested on real images offline. <index> is the image's position in its IDX file.
 
 The folder is written under a temporary name and renamed when complete, so a

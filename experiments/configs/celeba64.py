@@ -2,7 +2,7 @@
 
 The images are tfds's celeb_a (202,599 aligned 178x218 faces; it downloads on
 first use): the usual 108-pixel centered face crop, resized to 64x64
-(ebgan_jax/data.py). The optimiser, batch and objective are common public
+(ebgan_jax/data/photos.py). The optimiser, batch and objective are common public
 settings for this size, a starting point only: they are not tuned here.
 An export of the images works as well: --config.image_dir=.../img_align_celeba
 (then 2% of the files, chosen by a hash of their names, form the test split).
@@ -20,7 +20,7 @@ NUM_VALUES = 64 * 64 * 3
 def get_config() -> ml_collections.ConfigDict:
   config = mnist_conv.get_config()
 
-  # Data (ebgan_jax/data.py: photographs are center-cropped, then resized with
+  # Data (ebgan_jax/data/photos.py: photographs are center-cropped, then resized with
   # antialiasing).
   # (Or --config.image_dir=.../img_align_celeba, a folder of the same JPEGs.)
   config.dataset = "celeb_a"

@@ -7,7 +7,7 @@ from ebgan_jax import classifier
 
 
 def add_photograph_fields(config: ml_collections.ConfigDict) -> None:
-  """The data fields of photograph sources (ebgan_jax/data.py), off: MNIST-like data as stored."""
+  """The data fields of photograph sources (ebgan_jax/data/photos.py), off: data as stored."""
   config.image_dir = config_dict.placeholder(str)  # a folder tree of JPEG / PNG files instead
   config.crop = 0  # side of the centered square cut before resizing (0: the largest)
   config.resize = False  # crop and resize tfds images too (implied by crop; folders always are)

@@ -16,7 +16,7 @@ from experiments.configs import mnist_conv
 def get_config():
   config = mnist_conv.get_config()
   config.image_shape = (28, 28, 3)
-  # Stacked images per split, the digit triples fixed per split (data.py).
+  # Stacked images per split, the digit triples fixed per split (ebgan_jax/data/stacked.py).
   config.stacked_split_sizes = ml_collections.ConfigDict({"train": 100_000, "test": 10_000})
   config.shuffle_buffer = 100_000  # all of the stacked training set: a full shuffle
   # 26 samples per mode on average: a generator that spreads its samples
