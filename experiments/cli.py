@@ -8,7 +8,10 @@ Bad input of any kind (an unknown or malformed flag, a config file that does
 not load, a misspelt `--config.FIELD`, a value `main` rejects by raising one of
 `bad_input`) prints one line `error: ...` on stderr and exits with status
 EXIT_BAD_INPUT, before anything is written; `diverged` exceptions exit with
-EXIT_DIVERGED. No traceback reaches the user for either.
+EXIT_DIVERGED. No traceback reaches the user for either. Training stopped by
+SIGTERM, SIGINT or SIGUSR1 (`Stopped`, raised by experiments/trainer.py once
+its checkpoint is written) prints one line `stopped: ...` and exits with
+128 + the signal's number.
 """
 
 from __future__ import annotations
@@ -25,6 +28,18 @@ from experiments import logs
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
+# A run stopped by a signal after saving exits with the shell's status of that signal,
+# 128 + its number: SIGINT 130, SIGUSR1 138, SIGTERM 143.
+EXIT_SIGNAL_BASE = 128
+
+
+class Stopped(Exception):
+  """Training stopped on a signal, with a checkpoint of the step it reached."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.signum = signum
+
 
 _config_flags: list[flags.FlagHolder] = []
 
@@ -111,5 +126,8 @@ def run(main: Callable[[list[str]], None], define_flags: Callable[[], None], *,
       fail(str(e))
     except tuple(diverged) as e:
       fail(str(e), EXIT_DIVERGED)
+    except Stopped as e:
+      print(f"stopped: {one_line(str(e))}", file=sys.stderr)
+      sys.exit(EXIT_SIGNAL_BASE + e.signum)
 
   app.run(guarded_main, flags_parser=_parse)

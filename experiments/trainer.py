@@ -8,11 +8,14 @@ checkpoint in `workdir/checkpoints`; `sample(config, workdir)` writes
 experiments.semi_supervised passes EBGAN-LN's.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -26,6 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from ebgan_jax import (checkpoint, data, evaluation, models, objectives,
                        population as population_lib, state as state_lib, train, viz)
+from experiments import cli
 
 # Part of the config that fixes parameter shapes: a checkpoint restores only
 # into the same values.
@@ -287,13 +291,59 @@ class _Run:
   last_saved: int | None = None
 
 
+# What stops a run with a checkpoint: SLURM's and TPU VMs' preemption (SIGTERM; SLURM's
+# early warning, --signal=USR1@...), and Ctrl-C.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+@contextlib.contextmanager
+def _stop_signals():
+  """While training: a list that receives the first of STOP_SIGNALS to arrive.
+
+  Later signals are logged and ignored, so that the checkpoint being written
+  completes (orbax writes each one atomically: a kill leaves the newest whole one).
+  Outside the main thread, where Python cannot handle signals, the list stays empty.
+  """
+  received = []
+
+  def handler(signum, frame):
+    del frame
+    name = signal.Signals(signum).name
+    if received:
+      logging.warning("%s: already stopping; the checkpoint is being written", name)
+      return
+    received.append(signum)
+    logging.warning("%s: finishing the call in flight, then saving a checkpoint", name)
+
+  if threading.current_thread() is not threading.main_thread():
+    yield received
+    return
+  previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+  try:
+    yield received
+  finally:
+    for signum, old_handler in previous.items():
+      signal.signal(signum, old_handler)
+
+
+def _agreed_signal(received: list[int]) -> int | None:
+  """The signal every process stops on, or None: a signal any process received, so that all
+  save the same step (one small collective per call when there are several processes)."""
+  local = received[0] if received else 0
+  if jax.process_count() > 1:
+    local = int(np.max(multihost_utils.process_allgather(np.int32(local))))
+  return local or None
+
+
 def _train_loop(config, run: _Run, start_step: int, manager, after_call, saved_config=None):
   """The one host loop, for single runs and populations alike: calls of config.steps_per_call
   steps (_call_sizes), batches stacked on the host and prefetched to the devices, the
   config.train_seconds budget, and a checkpoint every config.checkpoint_every steps, at
-  config.num_steps and when the budget is spent (none without a `manager`).
+  config.num_steps, when the budget is spent and when a STOP_SIGNAL arrives (none without
+  a `manager`). A signal ends the call in flight, saves it, waits for the checkpoint and
+  raises cli.Stopped.
 
-  `after_call(step, state, metrics, out_of_time)` runs after every call, before its
+  `after_call(step, state, metrics, stopping)` runs after every call, before its
   checkpoint; it logs, draws and evaluates. Returns the state and the step reached.
   """
   run.last_saved = manager.latest_step() if manager is not None else None
@@ -301,24 +351,36 @@ def _train_loop(config, run: _Run, start_step: int, manager, after_call, saved_c
   state, step, in_flight = run.state, start_step, None
   host_calls = _host_calls(run.batches, _call_sizes(start_step, config))
   calls = train.prefetch((size, run.to_device(size, batch)) for size, batch in host_calls)
-  for size, device_batch in calls:
-    state, metrics = run.step_for(size)(state, device_batch)
-    # Wait for the call before this one: the device always has the next call
-    # queued, but the host never runs further ahead (up to log_every steps
-    # otherwise), so train_seconds and steps/s count finished steps.
-    jax.block_until_ready(in_flight)
-    in_flight = metrics
-    step += size
-    out_of_time = time.monotonic() >= deadline
-    after_call(step, state, metrics, out_of_time)
-    if manager is not None and (step % config.checkpoint_every == 0
-                                or step == config.num_steps or out_of_time):
-      run.check_before_save(state, step, run.last_saved)
-      checkpoint.save(manager, state, saved_config or config, step)
-      run.last_saved = step
-    if out_of_time:
-      logging.info("train_seconds=%s spent at step %d", config.train_seconds, step)
-      break
+  with _stop_signals() as received:
+    for size, device_batch in calls:
+      state, metrics = run.step_for(size)(state, device_batch)
+      # Wait for the call before this one: the device always has the next call
+      # queued, but the host never runs further ahead (up to log_every steps
+      # otherwise), so train_seconds and steps/s count finished steps.
+      jax.block_until_ready(in_flight)
+      in_flight = metrics
+      step += size
+      out_of_time = time.monotonic() >= deadline
+      signum = _agreed_signal(received)
+      stopping = out_of_time or signum is not None
+      after_call(step, state, metrics, stopping)
+      if manager is not None and (step % config.checkpoint_every == 0
+                                  or step == config.num_steps or stopping):
+        run.check_before_save(state, step, run.last_saved)
+        checkpoint.save(manager, state, saved_config or config, step)
+        run.last_saved = step
+      if signum is not None:
+        name = signal.Signals(signum).name
+        if manager is not None:
+          manager.wait_until_finished()
+        saved = (f"checkpoint {step} written to {manager.directory}" if manager is not None
+                 else "nothing saved (no workdir)")
+        logging.info("%s: stopped at step %d, %s", name, step, saved)
+        raise cli.Stopped(f"{name} at step {step}, {saved}; run the same command to resume",
+                          signum)
+      if out_of_time:
+        logging.info("train_seconds=%s spent at step %d", config.train_seconds, step)
+        break
   return state, step
 
 
@@ -377,12 +439,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   evaluation = task.make_evaluation(config) if config.eval_every else None
   draws_samples = task.draws_samples(config)
 
-  def after_call(step, state, metrics, out_of_time):
+  def after_call(step, state, metrics, stopping):
     metrics_log.append(step, metrics)
     progress(step)
     if step % config.log_every == 0:
       metrics_log.flush(run.last_saved)
-    if step % config.checkpoint_every == 0 or step == config.num_steps or out_of_time:
+    if step % config.checkpoint_every == 0 or step == config.num_steps or stopping:
       metrics_log.flush(run.last_saved)  # before the checkpoint: never save a diverged run
     if draws_samples and step % config.sample_every == 0:
       _write_sample_grid(writer, state, grid_key, workdir)
@@ -478,9 +540,11 @@ def train_population(config: ml_collections.ConfigDict, members: Sequence[dict],
   run = _Run(population, streams_of_steps, to_device,
              lambda size: lambda population, batches: step(population, batches, streams))
   history = []
+  logging.info("Training a population of %d members (%d streams) from step %d over %d devices",
+               len(members), len(seeds), start_step, mesh.size)
   try:
     population, _ = _train_loop(config, run, start_step, manager,
-                                lambda step, state, metrics, out_of_time: history.append(metrics),
+                                lambda step, state, metrics, stopping: history.append(metrics),
                                 saved_config)
   finally:
     if manager is not None:
