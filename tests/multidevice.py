@@ -8,6 +8,8 @@ check raises on failure (non-zero exit) and prints one JSON line.
 """
 
 import json
+import os
+import signal
 import sys
 import time
 
@@ -16,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from ebgan_jax import population, state as state_lib, train
-from experiments import trainer
+from experiments import cli, trainer
 from experiments.configs import ladder_mnist, mnist_conv, tiny
 from tests import stateful_objective
 
@@ -294,6 +296,35 @@ def check_population_processes(idx_dir: str, port: str, process_id: str, out: st
            d_loss=history["d_loss"])
   print(json.dumps({"process": jax.process_index(), "devices": jax.device_count(),
                     "local_devices": jax.local_device_count()}))
+
+
+def check_stop_processes(idx_dir: str, port: str, process_id: str, workdir: str):
+  """One of two processes training one run (jax.distributed on localhost); process 1
+  alone receives SIGTERM, after its third call. Both must stop at the same step, saved."""
+  jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=int(process_id))
+  config = family_config("mlp")
+  config.idx_dir = idx_dir
+  config.num_steps, config.steps_per_call = 10_000, 2
+  config.log_every = config.sample_every = 2
+  config.checkpoint_every = 10**9
+  real_multi_step, calls = train.make_multi_step, []
+
+  def make_multi_step(config, mesh=None):
+    step = real_multi_step(config, mesh)
+
+    def signalled(state, batches):
+      calls.append(1)
+      if jax.process_index() == 1 and len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGTERM)
+      return step(state, batches)
+    return signalled
+  train.make_multi_step = make_multi_step
+  try:
+    trainer.train_and_evaluate(config, workdir)
+    raise AssertionError("process %d was not stopped" % jax.process_index())
+  except cli.Stopped as e:
+    print(json.dumps({"process": jax.process_index(), "calls": len(calls),
+                      "signal": e.signum, "message": str(e)}))
 
 
 if __name__ == "__main__":

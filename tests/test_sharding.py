@@ -72,6 +72,28 @@ def test_two_processes_train_a_population_as_one(idx_dir, tmp_path):
       _assert_leaves_close(trained, [np.asarray(x) for x in jax.tree.leaves(alone.states)])
 
 
+def test_two_processes_stop_at_the_same_step_when_one_is_signalled(idx_dir, tmp_path):
+  """Two processes train one run; SIGTERM reaches process 1 only. Both stop after the same
+  call and save that step together (one checkpoint)."""
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  env = {"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
+  workdir = tmp_path / "run"
+  runs = [_run("check_stop_processes", idx_dir, port, i, workdir, devices=2, background=True,
+               env=env) for i in (0, 1)]
+  reports = []
+  for process in runs:
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-4000:]
+    reports.append(json.loads(stdout.strip().splitlines()[-1]))
+  assert [r["signal"] for r in reports] == [15, 15]
+  assert reports[0]["calls"] == reports[1]["calls"] == 3
+  saved = sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit())
+  assert saved == [6], saved
+  assert all("at step 6" in r["message"] for r in reports)
+
+
 # ladder: EBGAN-LN; counting: an objective that carries state (tests/stateful_objective.py)
 @pytest.mark.parametrize("family", ["conv28", "mlp", "conv64", "ladder", "counting"])
 def test_sharded_step_equals_one_device(family):
