@@ -106,9 +106,20 @@ class MarginSchedule:
 
 
 class Stateless:
-  """The state methods of an objective that carries none, and its batch of images."""
+  """The defaults of an objective: no static setting, no state, hyperparameters used as
+  they are, a batch of images."""
 
   batch: ClassVar[str] = "images"
+
+  @classmethod
+  def from_config(cls, config):
+    del config  # no static setting
+    return cls()
+
+  def values(self, hparams: HyperParameters, state: ObjectiveState,
+             step: jax.Array) -> HyperParameters:
+    del state, step  # nothing moves
+    return hparams
 
   def init(self, hparams: HyperParameters) -> ObjectiveState:
     del hparams
@@ -193,16 +204,6 @@ class GAN(Stateless):
   hyperparameters: ClassVar[tuple[str, ...]] = ()
   metric_names: ClassVar[tuple[str, ...]] = ("d_real", "d_fake")
 
-  @classmethod
-  def from_config(cls, config) -> "GAN":
-    del config  # no static setting
-    return cls()
-
-  def values(self, hparams: HyperParameters, state: ObjectiveState,
-             step: jax.Array) -> HyperParameters:
-    del state, step  # nothing moves
-    return hparams
-
   def discriminator_loss(self, values: HyperParameters, batch: jax.Array, fake: jax.Array,
                          apply_d: ApplyD, batch_stats, key: jax.Array):
     del values
@@ -239,16 +240,6 @@ class Ladder(Stateless):
   trains_generator: ClassVar[bool] = False
   hyperparameters: ClassVar[tuple[str, ...]] = ("reconstruction_weight",)
   metric_names: ClassVar[tuple[str, ...]] = ("cross_entropy", "energy_real", "train_error")
-
-  @classmethod
-  def from_config(cls, config) -> "Ladder":
-    del config  # no static setting
-    return cls()
-
-  def values(self, hparams: HyperParameters, state: ObjectiveState,
-             step: jax.Array) -> HyperParameters:
-    del state, step
-    return hparams
 
   def num_generated(self, batch: SemiSupervisedBatch) -> int:
     return batch["unlabelled"].shape[0]
@@ -303,10 +294,7 @@ class LadderEBGAN(Ladder):
                        f"not an embedding): set lambda_pt=0, got {config.lambda_pt}")
     return cls(margin_schedule=MarginSchedule.from_config(config))
 
-  def values(self, hparams: HyperParameters, state: ObjectiveState,
-             step: jax.Array) -> HyperParameters:
-    del state
-    return {**hparams, "margin": self.margin_schedule.margin(hparams, step)}
+  values = EBGAN.values  # the margin of its schedule
 
   def discriminator_loss(self, values: HyperParameters, batch: SemiSupervisedBatch,
                          fake: jax.Array, apply_d: ApplyD, batch_stats, key: jax.Array):
