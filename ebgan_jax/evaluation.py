@@ -8,6 +8,13 @@ runs scored by one classifier, not with Inception-network numbers.
 `reference_images` gives their scale: training images (the real-vs-real
 floor), test images blurred by a Gaussian of sigma = 1 pixel and uniform noise.
 
+With config.eval.features = "inception" the features are instead those of
+the FID Inception-v3 (ebgan_jax/inception.py, from pytorch-fid's weights file
+at config.inception_weights or $EBGAN_INCEPTION_WEIGHTS): FID, KID and IS on
+the scale of published numbers, against config.eval.inception_reference_size
+images of the config.eval.inception_split split, whose features are computed
+once and cached (docs/inception.md has the protocol).
+
 `Evaluator(config)` scores image sets, and with `score_generator(state)` a
 GANState's generator, for periodic evaluation during training. Settings come
 from config.eval (fields: EVAL_DEFAULTS), defaults for those missing. The
@@ -17,12 +24,17 @@ this module.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
+import os
+
 import jax
 import ml_collections
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, special
 
-from ebgan_jax import classifier as classifier_lib, data, metrics, train, viz
+from ebgan_jax import classifier as classifier_lib, data, inception, metrics, train, viz
 
 # Settings of an evaluation, overridden by the fields of config.eval.
 EVAL_DEFAULTS = {
@@ -33,7 +45,21 @@ EVAL_DEFAULTS = {
     "kid_subsets": 100,   # Binkowski et al. (2018), App. D
     "kid_subset_size": 1000,
     "nearest_k": 5,       # Naeem et al. (2020)
+    # The feature network: "classifier" (the built-in one, no download) or
+    # "inception" (the FID Inception-v3, weights from config.inception_weights).
+    "features": "classifier",
+    # Inception only: the real images, drawn (seed) from this split, 0 = all of it
+    # (the usual protocols: 10,000 test images, or 50,000 training images) ...
+    "inception_split": "test",
+    "inception_reference_size": 10_000,
+    # ... whose features are cached here, one .npz per dataset, split and size.
+    "inception_stats_dir": "~/.cache/ebgan_jax/inception",
+    # The weights file's SHA-256: pytorch-fid's; "" accepts any file of this
+    # layout (other weights: numbers not comparable with papers).
+    "inception_sha256": inception.FID_WEIGHTS_SHA256,
+    "inception_batch_size": 50,  # images per forward pass
 }
+FEATURES = ("classifier", "inception")
 # Pixels of the Gaussian blur of the "blurred_test" reference.
 BLUR_SIGMA = 1.0
 # Images generated per call of train.generate: one compiled shape for any count.
@@ -94,40 +120,139 @@ def load_classifier(config: ml_collections.ConfigDict) -> classifier_lib.Classif
         "same idx_dir / data_dir and cache_dir)") from None
 
 
+def inception_weights(config: ml_collections.ConfigDict) -> tuple[str, str]:
+  """The FID Inception's weights file, as an absolute path, and its SHA-256, both checked.
+
+  The file is config.inception_weights, else $EBGAN_INCEPTION_WEIGHTS; its
+  SHA-256 must be config.eval.inception_sha256 (pytorch-fid's; "" accepts
+  any). EvaluationError saying where to get the file if it is absent.
+  """
+  path = config.get("inception_weights") or os.environ.get(inception.WEIGHTS_ENV)
+  try:
+    sha256 = inception.check_weights_file(path, eval_settings(config).inception_sha256 or None)
+  except inception.WeightsError as e:
+    raise EvaluationError(str(e)) from None
+  return os.path.abspath(os.path.expanduser(path)), sha256
+
+
+def load_inception(config: ml_collections.ConfigDict) -> tuple[dict, str, str]:
+  """The FID Inception's variables, and inception_weights(config)."""
+  path, sha256 = inception_weights(config)
+  try:
+    return inception.load_variables(path, sha256), path, sha256
+  except inception.WeightsError as e:
+    raise EvaluationError(str(e)) from None
+
+
+def _load_split(config: ml_collections.ConfigDict, split: str) -> np.ndarray:
+  try:
+    images, _ = data.load_split(config, split)
+  except ValueError as e:  # the data's or the config's fault
+    raise EvaluationError(str(e)) from None
+  return images
+
+
 class Evaluator:
-  """Scores image sets against one config's test split, whose statistics it computes once."""
+  """Scores image sets against one config's real images, whose statistics it computes once."""
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.settings = eval_settings(config)
+    if self.settings.features not in FEATURES:
+      raise EvaluationError(
+          f"config.eval.features must be one of {FEATURES}, got {self.settings.features!r}")
+    self.image_shape = tuple(config.image_shape)
+    if self.settings.features == "inception":
+      self._init_inception(config)
+    else:
+      self._init_classifier(config)
+    self._real_statistics = metrics.feature_statistics(self._real_features)
+    self._real_radii = metrics.nearest_neighbour_radii(self._real_features,
+                                                       self.settings.nearest_k)
+
+  def _init_classifier(self, config: ml_collections.ConfigDict) -> None:
     self.classifier = load_classifier(config)
     self.stacked = data.is_stacked(config)
     # A feature network trained on rotations has no classes to count (classifier.TASKS).
     self.has_classes = self.classifier.metadata["task"] == "labels"
-    self.image_shape = tuple(config.image_shape)
-    try:
-      real_images, _ = data.load_split(config, "test")
-    except ValueError as e:  # the data's or the config's fault
-      raise EvaluationError(str(e)) from None
+    real_images = _load_split(config, "test")
     _, self._real_features = score(self.classifier, real_images)
-    self._real_statistics = metrics.feature_statistics(self._real_features)
-    self._real_radii = metrics.nearest_neighbour_radii(self._real_features,
-                                                       self.settings.nearest_k)
+    self._score = functools.partial(score, self.classifier)
     self.description = {
         "real": f"{data.source_name(config)} test split ({len(real_images)} images)",
+        "features": "classifier",
         "classifier": self.classifier.directory,
         "classifier_sha256": self.classifier.metadata["params_sha256"],
         "classifier_test_accuracy": self.classifier.metadata["test_accuracy"],
     }
 
+  def _init_inception(self, config: ml_collections.ConfigDict) -> None:
+    settings = self.settings
+    weights, weights_path, sha256 = load_inception(config)
+    self.stacked = False  # no digit classifier: no modes to count
+    self.has_classes = True  # ImageNet's: an Inception Score, no class counts of the data
+    self._extractor = inception.FeatureExtractor(weights, settings.inception_batch_size)
+    self._score = self._inception_outputs
+    split = settings.inception_split
+    if split not in ("train", "test"):
+      raise EvaluationError(f"config.eval.inception_split must be 'train' or 'test', got {split!r}")
+    key = {"source": data.source_name(config), "split": split,
+           "size": settings.inception_reference_size, "seed": settings.seed,
+           "image_shape": list(self.image_shape), "weights_sha256": sha256,
+           "resize": inception.RESIZE}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    path = os.path.join(os.path.expanduser(settings.inception_stats_dir),
+                        f"{config.dataset}_{split}_{digest}.npz")
+    if os.path.isfile(path):
+      try:
+        self._real_features, _, _, _ = inception.load_reference(path)
+      except (OSError, ValueError, KeyError) as e:
+        raise EvaluationError(f"cannot read the reference statistics {path} ({e}); delete the "
+                              "file to compute them again") from None
+    else:
+      real_images = _load_split(config, split)
+      size = settings.inception_reference_size
+      if 0 < size < len(real_images):
+        rng = np.random.default_rng(settings.seed)
+        real_images = real_images[np.sort(rng.choice(len(real_images), size, replace=False))]
+      _, self._real_features = self._inception_outputs(real_images)
+      try:
+        inception.save_reference(path, self._real_features, **{
+            name: value if isinstance(value, str) else json.dumps(value)
+            for name, value in key.items()})
+      except OSError as e:
+        raise EvaluationError(f"cannot write the reference statistics {path} ({e})") from None
+    self.description = {
+        "real": f"{key['source']} {split} split ({len(self._real_features)} images)",
+        "features": "inception",
+        "inception_weights": weights_path,
+        "inception_sha256": sha256,
+        "resize": inception.RESIZE,
+        "reference_statistics": path,
+    }
+
+  @property
+  def network(self) -> str:
+    """The feature network, named as every result names it: path and SHA-256."""
+    if self.settings.features == "inception":
+      return (f"Inception-v3 {self.description['inception_weights']} "
+              f"(sha256 {self.description['inception_sha256']})")
+    return (f"classifier {self.description['classifier']} "
+            f"(sha256 {self.description['classifier_sha256']})")
+
+  def _inception_outputs(self, images) -> tuple[np.ndarray, np.ndarray]:
+    """p(y|x) over the 1008 logits without bias (the IS code's) and the pool features."""
+    outputs = self._extractor(images)
+    return special.softmax(outputs["logits_unbiased"].astype(np.float64), axis=1), outputs["pool"]
+
   def __call__(self, images) -> dict[str, float | list[int]]:
-    """All metrics of images (uint8, or floats in [-1, 1]) against the test split.
+    """All metrics of images (uint8, or floats in [-1, 1]) against the real images.
 
     Keys: fid, kid(_std), precision, recall, density, coverage; with a
-    classifier of labels also inception_score(_std), log_is (over all the
-    images: one split) and i_prime (metrics.i_prime) and, for plain data,
-    classes_1pct (classes with >= 1% of the samples), kl_to_uniform and
-    class_histogram (argmax counts); for stacked MNIST, modes_covered (of
-    10^C) and kl_modes_to_uniform instead.
+    classifier of labels or the Inception network also inception_score(_std),
+    log_is (over all the images: one split) and i_prime (metrics.i_prime);
+    with a classifier of labels and plain data, classes_1pct (classes with
+    >= 1% of the samples), kl_to_uniform and class_histogram (argmax counts);
+    for stacked MNIST, modes_covered (of 10^C) and kl_modes_to_uniform instead.
     """
     settings = self.settings
     images = np.asarray(images)
@@ -138,7 +263,7 @@ class Evaluator:
       raise EvaluationError(
           f"{len(images)} images are too few to score; give at least "
           f"{max(settings.is_splits, settings.nearest_k + 1)}")
-    probabilities, features = score(self.classifier, images)
+    probabilities, features = self._score(images)
     kid, kid_std = metrics.kernel_inception_distance(
         self._real_features, features, num_subsets=settings.kid_subsets,
         subset_size=settings.kid_subset_size, seed=settings.seed)
@@ -156,6 +281,8 @@ class Evaluator:
         probabilities, settings.is_splits)
     results["log_is"] = metrics.log_inception_score(probabilities)
     results["i_prime"] = metrics.i_prime(probabilities)
+    if self.settings.features == "inception":
+      return results  # ImageNet's classes: no class counts of the data
     histogram = metrics.class_histogram(probabilities)
     if self.stacked:
       results.update(metrics.mode_coverage(np.argmax(probabilities, axis=1), len(histogram)))

@@ -4,14 +4,17 @@ r"""Sample quality against the test split: IS, FD, KID, PRDC, class counts, stac
       --config.idx_dir=/usr/share/datasets/fashion-mnist --samples=/tmp/ebgan/samples.npz
   python -m experiments.evaluate --config=... --workdir=/tmp/ebgan   # samples the latest checkpoint
   python -m experiments.evaluate --config=... --reference            # floor, blur and noise
+  python -m experiments.evaluate --config=... --samples=... --features=inception \
+      --config.inception_weights=/data/pt_inception-2015-12-05-6726825d.pth
 
 Each evaluation prints one JSON line on stdout and, with --workdir, appends it
 to WORKDIR/eval.jsonl. ebgan_jax/evaluation.py computes the scores (with the
 classifier that experiments.train_classifier cached for config.dataset) and
-documents them. --reference scores the training images (the real-vs-real
-floor), test images blurred by a Gaussian of sigma = 1 pixel and uniform
-noise, each as many as config.num_samples. Bad input prints one `error:` line
-and exits with status 2.
+documents them; --features=inception scores with the FID Inception-v3 instead
+(pytorch-fid's weights file; docs/inception.md has the protocol). --reference
+scores the training images (the real-vs-real floor), test images blurred by a
+Gaussian of sigma = 1 pixel and uniform noise, each as many as
+config.num_samples. Bad input prints one `error:` line and exits with status 2.
 """
 
 import json
@@ -39,8 +42,17 @@ def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> tuple[
 
 
 def run(config: ml_collections.ConfigDict, *, samples: str | None = None,
-        workdir: str | None = None, reference: bool = False) -> list[dict]:
-  """The CLI's work: the result lines of the samples, the checkpoint or the references."""
+        workdir: str | None = None, reference: bool = False,
+        features: str | None = None) -> list[dict]:
+  """The CLI's work: the result lines of the samples, the checkpoint or the references.
+
+  features, if given, replaces config.eval.features ("classifier" or "inception").
+  """
+  if features is not None:
+    with config.unlocked():
+      config.eval.features = features
+  if evaluation.eval_settings(config).features == "inception":
+    evaluation.inception_weights(config)  # a missing file fails before any sampling
   if samples is not None and reference:
     raise evaluation.EvaluationError("give --samples or --reference, not both")
   if samples is None and not reference and workdir is None:
@@ -88,12 +100,17 @@ def define_flags() -> None:
   flags.DEFINE_bool(
       "reference", False,
       "Score training images, blurred test images and uniform noise instead of samples.")
+  flags.DEFINE_enum(
+      "features", None, list(evaluation.FEATURES),
+      "The feature network (default: config.eval.features): the built-in classifier, or the "
+      "FID Inception-v3 from pytorch-fid's weights file (--config.inception_weights=PATH).")
 
 
 def main(argv):
   del argv  # cli.run rejects positional arguments
   args = flags.FLAGS
-  lines = run(args.config, samples=args.samples, workdir=args.workdir, reference=args.reference)
+  lines = run(args.config, samples=args.samples, workdir=args.workdir, reference=args.reference,
+              features=args.features)
   write_lines(lines, args.workdir)
 
 

@@ -80,7 +80,14 @@ def get_config() -> ml_collections.ConfigDict:
       "classifier_dir": classifier.DEFAULT_CACHE_DIR,
       "num_samples": 2_000,
       "kid_subsets": 10,  # a tenth of the full evaluation's 100: ~2 s, not 13
+      # "inception": FID / KID / IS comparable with papers, from the FID
+      # Inception-v3 against this many images of this split (docs/inception.md).
+      "features": "classifier",
+      "inception_split": "test",
+      "inception_reference_size": 10_000,
   })
+  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth (None: $EBGAN_INCEPTION_WEIGHTS).
+  config.inception_weights = config_dict.placeholder(str)
 
   # Speed (README, "Performance"); neither changes what is learned, up to float rounding.
   # Steps per jitted call (a lax.scan over that many batches): fewer dispatches
