@@ -232,9 +232,8 @@ def _make_evaluator(config) -> evaluation.Evaluator:
     evaluator = evaluation.Evaluator(config)
   except evaluation.EvaluationError as e:
     raise ConfigError(f"eval_every={config.eval_every} needs the built-in metrics: {e}") from None
-  logging.info("Every %d steps: %d samples against %s, scored by the classifier %s (sha256 %s)",
-               config.eval_every, evaluator.settings.num_samples, evaluator.description["real"],
-               evaluator.description["classifier"], evaluator.description["classifier_sha256"])
+  logging.info("Every %d steps: %d samples against %s, scored by the %s", config.eval_every,
+               evaluator.settings.num_samples, evaluator.description["real"], evaluator.network)
   return evaluator
 
 
