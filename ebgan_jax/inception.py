@@ -296,6 +296,11 @@ class _Tensor:
 
   def to_numpy(self) -> np.ndarray:
     itemsize = self.storage.dtype.itemsize
+    last = self.offset + sum((n - 1) * abs(s) for n, s in zip(self.size, self.stride))
+    if (len(self.size) != len(self.stride) or min(self.stride, default=0) < 0 or self.offset < 0
+            or (0 not in self.size and last >= len(self.storage.array))):
+      raise WeightsError(f"a tensor of size {self.size} and strides {self.stride} at offset "
+                         f"{self.offset} does not fit its storage of {len(self.storage.array)}")
     return np.lib.stride_tricks.as_strided(
         self.storage.array[self.offset:], self.size,
         [s * itemsize for s in self.stride]).copy()

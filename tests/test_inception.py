@@ -186,6 +186,15 @@ def test_a_pickle_naming_other_code_is_refused(tmp_path):
     archive.writestr("archive/data.pkl", b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00trueR.")
   with pytest.raises(inception.WeightsError, match="os.system is not part of a state dict"):
     inception.read_torch_file(str(path))
+  # A tensor larger than its storage would read memory outside it.
+  write_torch_file(tmp_path / "fits.pth", {"w": np.zeros(4, np.float32)})
+  too_big = tmp_path / "too_big.pth"
+  with zipfile.ZipFile(tmp_path / "fits.pth") as fits, zipfile.ZipFile(too_big, "w") as archive:
+    for name in fits.namelist():
+      archive.writestr(name, np.zeros(2, np.float32).tobytes() if name == "archive/data/0"
+                       else fits.read(name))
+  with pytest.raises(inception.WeightsError, match="does not fit its storage of 2"):
+    inception.read_torch_file(str(too_big))
   (tmp_path / "text.pth").write_text("not a torch file")
   with pytest.raises(inception.WeightsError, match="cannot read"):
     inception.read_torch_file(str(tmp_path / "text.pth"))
