@@ -1,9 +1,8 @@
 """Tests of ebgan_jax.classifier and experiments.train_classifier: the CNN, its cache, learning."""
 
+import functools
 import json
 import pathlib
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -13,6 +12,7 @@ from ebgan_jax import classifier, data
 from experiments import train_classifier
 from experiments.configs import classifier_fashion, classifier_mnist
 from tests import data_fixtures
+from tests.test_cli import run_in_process
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MODEL = {"num_classes": 10, "feature_dim": 16, "dropout_rate": 0.0}
@@ -40,13 +40,21 @@ def classifier_config(**overrides):
   return config
 
 
-@pytest.fixture(scope="module")
-def trained():
-  """A CNN fitted to pattern digits in a few steps: (model, params)."""
+@functools.cache
+def pattern_classifier():
+  """A CNN fitted to 640 pattern digits (seed 5) in a few steps: (model, params).
+
+  Fitted once per test process: the fixtures of several test files save it.
+  """
   model = classifier.create_model(MODEL)
-  images, labels = pattern_digits(640)
+  images, labels = pattern_digits(640, seed=5)
   return model, classifier.fit(model, images, labels, num_epochs=3, batch_size=32,
                                learning_rate=3e-3, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained():
+  return pattern_classifier()
 
 
 def test_cnn_gives_logits_and_penultimate_features():
@@ -156,10 +164,7 @@ def write_pattern_idx_dir(directory: pathlib.Path, num_train: int, num_test: int
 
 def save_pattern_classifier(cache: pathlib.Path, datasets=("mnist",)) -> pathlib.Path:
   """A classifier cache whose classifiers of `datasets` recognise pattern digits without error."""
-  model = classifier.create_model(MODEL)
-  images, labels = pattern_digits(640, seed=5)
-  params = classifier.fit(model, images, labels, num_epochs=3, batch_size=32, learning_rate=3e-3,
-                          seed=0)
+  model, params = pattern_classifier()
   test_images, test_labels = pattern_digits(300, seed=6)
   accuracy = classifier.accuracy(model, params, test_images, test_labels)
   assert accuracy == 1.0  # the premise of the tests that use it
@@ -182,11 +187,11 @@ def test_train_classifier_from_idx_files(tmp_path):
     (["--config.idx_dir=/nonexistent/idx"], "error: IDX directory /nonexistent/idx does not"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
-  result = subprocess.run(
-      [sys.executable, "-m", "experiments.train_classifier",
-       f"--config={REPO / 'experiments/configs/classifier_fashion.py'}",
-       f"--config.cache_dir={tmp_path}", *args],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+  # In this process; tests/test_cli.py runs the program as a subprocess once.
+  result = run_in_process(
+      "experiments.train_classifier",
+      f"--config={REPO / 'experiments/configs/classifier_fashion.py'}",
+      f"--config.cache_dir={tmp_path}", *args)
   assert result.returncode == 2
   assert "Traceback" not in result.stderr
   error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
