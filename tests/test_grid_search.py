@@ -13,7 +13,7 @@ import pytest
 from experiments import grid_search
 from experiments.configs import grid_fashion, grid_mnist
 from tests.test_classifier import save_pattern_classifier, write_pattern_idx_dir
-from tests.test_cli import assert_one_error_line, run_program
+from tests.test_cli import assert_one_error_line, run_in_process, run_program
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = f"{REPO / 'experiments/configs/grid_fashion.py'}:tiny"
@@ -90,25 +90,6 @@ def _rows(workdir):
     return list(csv.DictReader(f))
 
 
-def test_a_tiny_grid_scores_every_run_and_draws_the_figures(tiny_inputs, tmp_path):
-  result = run_program("experiments.grid_search", *tiny_inputs, f"--workdir={tmp_path}",
-                       timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  rows = _rows(tmp_path)
-  assert [row["run"] for row in rows] == [grid_search.run_id(run) for run in _runs("tiny")]
-  assert set(grid_search.COLUMNS) == set(rows[0])
-  for row in rows:
-    assert row["steps"] == "20" and row["diverged"] in ("True", "False")
-    assert all(float(row[key]) >= 0 for key in ("i_prime", "log_is", "fid"))
-    assert (row["margin"] == "10.0") == (row["objective"] == "ebgan")
-    assert (tmp_path / "samples" / f"{row['run']}.png").exists()
-  assert {p.name for p in tmp_path.glob("fig*.png")} == {
-      "fig2_i_prime.png", "fig2_log_is.png", "fig3_i_prime.png", "fig3_log_is.png"}
-  summary = (tmp_path / grid_search.SUMMARY).read_text().splitlines()
-  assert summary[2].startswith("| **EBGAN** | 2 |") and summary[3].startswith("| **GAN** | 6 |")
-  assert len(summary) == 2 + 2 + 6  # header, the two models, the tiny grid's 6 GAN settings
-
-
 def test_summary_counts_the_share_of_runs_above_each_threshold():
   rows = [{"objective": "ebgan", "lr_d": 1e-3, "optim_d": "adam", "optim_g": "adam",
            "diverged": False, "log_is": v, "i_prime": 3 * v, "fid": 10.0, "classes_1pct": 10}
@@ -123,7 +104,8 @@ def test_summary_counts_the_share_of_runs_above_each_threshold():
   assert table[4].startswith("| GAN lr 0.01, D sgd, G adam | 2 |")
 
 
-def test_a_killed_grid_resumes_without_retraining_finished_groups(tiny_inputs, tmp_path):
+def test_a_killed_grid_resumes_then_scores_every_run_and_draws_figures(tiny_inputs, tmp_path):
+  """The tiny grid end to end, killed after its first group and resumed: the one full run."""
   results = tmp_path / grid_search.RESULTS
   command = [sys.executable, "-m", "experiments.grid_search", *tiny_inputs,
              f"--workdir={tmp_path}"]
@@ -147,27 +129,42 @@ def test_a_killed_grid_resumes_without_retraining_finished_groups(tiny_inputs, t
   assert retrained and not finished_groups & set(retrained)
   assert finished_groups | set(retrained) == {row["group"] for row in rows}
 
+  # Every run scored, before and after the kill.
+  assert set(grid_search.COLUMNS) == set(rows[0])
+  for row in rows:
+    assert row["steps"] == "20" and row["diverged"] in ("True", "False")
+    assert all(float(row[key]) >= 0 for key in ("i_prime", "log_is", "fid"))
+    assert (row["margin"] == "10.0") == (row["objective"] == "ebgan")
+    assert (tmp_path / "samples" / f"{row['run']}.png").exists()
+  assert {p.name for p in tmp_path.glob("fig*.png")} == {
+      "fig2_i_prime.png", "fig2_log_is.png", "fig3_i_prime.png", "fig3_log_is.png"}
+  summary = (tmp_path / grid_search.SUMMARY).read_text().splitlines()
+  assert summary[2].startswith("| **EBGAN** | 2 |") and summary[3].startswith("| **GAN** | 6 |")
+  assert len(summary) == 2 + 2 + 6  # header, the two models, the tiny grid's 6 GAN settings
 
-@pytest.mark.parametrize("args, message", [
-    (["--config.grid.subset=huge"], "grid.subset must be one of ('full', 'reduced', 'tiny')"),
-    (["--config.grid.epochs=0"], "grid.epochs must be > 0, got 0"),
-    (["--config.grid.eval_samples=2"], "grid.eval_samples must be >= 10, got 2"),
-    (["--config.margin=-1"], "margin must be >= 0, got -1"),
-    (["--config.grid.n_layer_d=(1,2)"],
+
+# Bad input: in this process (tests/test_cli.py's run_in_process), but for one case that runs
+# the program as a subprocess, for its exit status 2 and its one-line stderr.
+@pytest.mark.parametrize("run, args, message", [
+    (run_in_process, ["--config.grid.subset=huge"],
+     "grid.subset must be one of ('full', 'reduced', 'tiny')"),
+    (run_program, ["--config.grid.epochs=0"], "grid.epochs must be > 0, got 0"),
+    (run_in_process, ["--config.grid.eval_samples=2"], "grid.eval_samples must be >= 10, got 2"),
+    (run_in_process, ["--config.margin=-1"], "margin must be >= 0, got -1"),
+    (run_in_process, ["--config.grid.n_layer_d=(1,2)"],
      "model family 'mlp' needs n_layer_g >= 1 and n_layer_d >= 2"),
-])
-def test_bad_grid_config_is_one_line_and_writes_nothing(args, message, tmp_path):
+], ids=["subset", "subprocess-epochs", "eval_samples", "margin", "n_layer_d"])
+def test_bad_grid_config_is_one_line_and_writes_nothing(run, args, message, tmp_path):
   workdir = tmp_path / "grid"
-  result = run_program("experiments.grid_search", f"--config={TINY}", f"--workdir={workdir}",
-                       *args)
+  result = run("experiments.grid_search", f"--config={TINY}", f"--workdir={workdir}", *args)
   assert_one_error_line(result, message)
   assert not workdir.exists()
 
 
 def test_missing_classifier_fails_before_anything_is_written(tmp_path):
   workdir = tmp_path / "grid"
-  result = run_program("experiments.grid_search", f"--config={TINY}", f"--workdir={workdir}",
-                       f"--config.eval.classifier_dir={tmp_path / 'none'}")
+  result = run_in_process("experiments.grid_search", f"--config={TINY}", f"--workdir={workdir}",
+                          f"--config.eval.classifier_dir={tmp_path / 'none'}")
   assert_one_error_line(result, "no trained classifier for 'fashion_mnist'")
   assert not workdir.exists()
 
@@ -175,7 +172,7 @@ def test_missing_classifier_fails_before_anything_is_written(tmp_path):
 def test_results_of_another_grid_are_refused(tiny_inputs, tmp_path):
   grid_search.write_results([{"run": "gan-g9x9-d9x9-adam-adam-lr1"}], str(tmp_path / "results.csv"))
   before = (tmp_path / "results.csv").read_text()
-  result = run_program("experiments.grid_search", *tiny_inputs, f"--workdir={tmp_path}")
+  result = run_in_process("experiments.grid_search", *tiny_inputs, f"--workdir={tmp_path}")
   assert_one_error_line(result, "holds runs of another grid (e.g. gan-g9x9-d9x9-adam-adam-lr1)")
   assert (tmp_path / "results.csv").read_text() == before
 
