@@ -1,10 +1,26 @@
-"""Test-wide settings: CPU only, quiet TensorFlow, hypothesis without deadlines."""
+"""Test-wide settings: CPU only, quiet TensorFlow, a compilation cache, hypothesis without
+deadlines."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # Before jax or tensorflow is imported anywhere in the test session.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# JAX's persistent compilation cache, one per test run: the suite compiles the same programs
+# many times over (every trainer run jits its steps anew, every subprocess starts with no
+# compiled program), and a program compiled once is then read from disk. The subprocesses
+# that tests start inherit it through these variables. JAX_COMPILATION_CACHE_DIR set
+# beforehand (to reuse a cache, or to "" for none) is kept.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache_dir = tempfile.mkdtemp(prefix="ebgan_jax_compilation_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+  atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 import hypothesis  # noqa: E402
 
