@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 
 from ebgan_jax import state as state_lib, train
+from experiments import semi_supervised
 from experiments.configs import ladder_mnist, mnist_conv, mnist_mlp
 
 _FAMILY = flags.DEFINE_enum("family", "conv28", ["conv28", "mlp", "conv64", "ladder"],
@@ -56,6 +57,7 @@ def make_config(family: str, batch: int, steps_per_call: int, compute_dtype: str
   config = {"mlp": mnist_mlp, "ladder": ladder_mnist}.get(family, mnist_conv).get_config()
   if family == "ladder":
     config.ebgan = _EBGAN.value
+    semi_supervised.resolve_objective(config)  # --noebgan: the objective "ln"
     config.labelled_batch_size = batch
   if family == "conv64":
     # The paper's 64x64 nets with the conv objective of mnist_conv (the same work per step).
