@@ -51,6 +51,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ebgan_jax import data
+
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                    + FID_WEIGHTS_FILE)
@@ -249,7 +251,7 @@ def to_inception_input(images, size: int = INPUT_SIZE) -> jax.Array:
   """
   images = jnp.asarray(images)
   if images.dtype == jnp.uint8:
-    images = images.astype(jnp.float32) / 127.5 - 1.0
+    images = data.pixels_to_signed(images.astype(jnp.float32))
   images = images.astype(jnp.float32)
   if images.shape[-1] == 1:
     images = jnp.repeat(images, 3, axis=-1)

@@ -342,8 +342,9 @@ def _train_loop(config, run: _Run, start_step: int, manager, after_call, saved_c
   a `manager`). A signal ends the call in flight, saves it, waits for the checkpoint and
   raises cli.Stopped.
 
-  `after_call(step, state, metrics, stopping)` runs after every call, before its
-  checkpoint; it logs, draws and evaluates. Returns the state and the step reached.
+  `after_call(step, state, metrics, saving)` runs after every call, before its
+  checkpoint (`saving`: one follows); it logs, draws and evaluates. Returns the state
+  and the step reached.
   """
   run.last_saved = manager.latest_step() if manager is not None else None
   deadline = time.monotonic() + config.train_seconds if config.train_seconds else math.inf
@@ -361,10 +362,10 @@ def _train_loop(config, run: _Run, start_step: int, manager, after_call, saved_c
       step += size
       out_of_time = time.monotonic() >= deadline
       signum = _agreed_signal(received)
-      stopping = out_of_time or signum is not None
-      after_call(step, state, metrics, stopping)
-      if manager is not None and (step % config.checkpoint_every == 0
-                                  or step == config.num_steps or stopping):
+      saving = manager is not None and (step % config.checkpoint_every == 0 or out_of_time
+                                        or step == config.num_steps or signum is not None)
+      after_call(step, state, metrics, saving)
+      if saving:
         run.check_before_save(state, step, run.last_saved)
         checkpoint.save(manager, state, saved_config or config, step)
         run.last_saved = step
@@ -438,13 +439,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   evaluation = task.make_evaluation(config) if config.eval_every else None
   draws_samples = task.draws_samples(config)
 
-  def after_call(step, state, metrics, stopping):
+  def after_call(step, state, metrics, saving):
     metrics_log.append(step, metrics)
     progress(step)
-    if step % config.log_every == 0:
+    if step % config.log_every == 0 or saving:  # before a checkpoint: never save a diverged run
       metrics_log.flush(run.last_saved)
-    if step % config.checkpoint_every == 0 or step == config.num_steps or stopping:
-      metrics_log.flush(run.last_saved)  # before the checkpoint: never save a diverged run
     if draws_samples and step % config.sample_every == 0:
       _write_sample_grid(writer, state, grid_key, workdir)
     if evaluation and (step % config.eval_every == 0 or step == config.num_steps):
@@ -543,7 +542,7 @@ def train_population(config: ml_collections.ConfigDict, members: Sequence[dict],
                len(members), len(seeds), start_step, mesh.size)
   try:
     population, _ = _train_loop(config, run, start_step, manager,
-                                lambda step, state, metrics, stopping: history.append(metrics),
+                                lambda step, state, metrics, saving: history.append(metrics),
                                 saved_config)
   finally:
     if manager is not None:
