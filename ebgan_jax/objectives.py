@@ -94,6 +94,11 @@ class MarginSchedule:
     return cls(config.get("margin_schedule", "constant"),
                int(config.get("margin_decay_steps", 0)), int(config.get("margin_decay_begin", 0)))
 
+  @property
+  def hyperparameters(self) -> tuple[str, ...]:
+    """The hyperparameter a decay adds to the margin's start: its end value."""
+    return () if self.kind == "constant" else ("margin_end",)
+
   def margin(self, hparams: HyperParameters, step: jax.Array) -> jax.Array:
     """The margin at `step`, from hparams' margin (the start) and margin_end."""
     if self.kind == "constant":
@@ -162,8 +167,7 @@ class EBGAN(Stateless):
 
   @property
   def hyperparameters(self) -> tuple[str, ...]:
-    scheduled = self.margin_schedule.kind != "constant"
-    return ("margin", "lambda_pt", *(("margin_end",) if scheduled else ()))
+    return ("margin", "lambda_pt", *self.margin_schedule.hyperparameters)
 
   @classmethod
   def from_config(cls, config) -> "EBGAN":
@@ -284,8 +288,7 @@ class LadderEBGAN(Ladder):
 
   @property
   def hyperparameters(self) -> tuple[str, ...]:
-    scheduled = self.margin_schedule.kind != "constant"
-    return ("margin", "reconstruction_weight", *(("margin_end",) if scheduled else ()))
+    return ("margin", "reconstruction_weight", *self.margin_schedule.hyperparameters)
 
   @classmethod
   def from_config(cls, config) -> "LadderEBGAN":
