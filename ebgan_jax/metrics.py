@@ -3,7 +3,8 @@
 Pure functions of NumPy (or JAX) arrays, computed in float64 NumPy: no
 TensorFlow, no I/O. "Features" are the penultimate-layer activations of a
 classifier (ebgan_jax/classifier.py), one row per image; "probabilities" are
-its softmax outputs p(y|x), one row per image. `real` is the reference set
+its softmax outputs p(y|x), one row per image ("logits" or log-probabilities
+where a confident p(y|x) would round to 0). `real` is the reference set
 (the test split), `fake` the generated one.
 
 References:
@@ -23,6 +24,7 @@ References:
 from __future__ import annotations
 
 import numpy as np
+from scipy import special
 
 # Rows of the (fake x real) distance matrices computed at once in PRDC:
 # 1024 x 10,000 float64 distances are 80 MB.
@@ -97,6 +99,7 @@ def i_prime(probabilities, clip: float = I_PRIME_CLIP) -> float:
   below at `clip` (I_PRIME_CLIP) so that the score stays finite. 0 when
   every p(y|x) equals p(y); larger for confident, balanced predictions, up
   to about (1 - 1/C) log(1 / (C clip)) for one-hot ones over C classes.
+  i_prime_torch reads the same KL from log-probabilities, without a clip.
   """
   p = _as_float64(probabilities)
   if p.ndim != 2 or len(p) < 1:
@@ -106,6 +109,40 @@ def i_prime(probabilities, clip: float = I_PRIME_CLIP) -> float:
   marginal = np.maximum(p.mean(axis=0, keepdims=True), clip)
   conditional = np.maximum(p, clip)
   return float(np.sum(marginal * (np.log(marginal) - np.log(conditional)), axis=1).mean())
+
+
+def i_prime_torch(logits) -> float:
+  """I' as Torch7's nn.DistKLDivCriterion reads it: (1/C) E_x KL(p(y) || p(y|x)), no clip.
+
+  The criterion's forward(input, target) is sum(target * (log(target) - input))
+  over all elements, divided by their number under its default sizeAverage
+  (torch/nn lib/THNN/generic/DistKLDivCriterion.c; elements with target = 0
+  count 0). With input = log p(y|x), the classifier's LogSoftMax (N, C), and
+  target = p(y) broadcast to (N, C), that is KL(target || exp(input)) = KL(p(y)
+  || p(y|x)), the pair order of the paper's I' (its Sec. 4.1), averaged
+  over the N samples and divided by the C classes. From log-probabilities a
+  confident prediction's log p(y|x) = -1e4 is a finite term where its
+  probability would underflow to 0, so no clip is needed; the scale is then set
+  by the classifier's confidence: predictions spread evenly over C classes,
+  each with its class's logit L above the others, give about
+  ((1 - 1/C) L - log C) / C. p(y) = mean_x p(y|x) is computed in log space; a
+  class it gives 0 adds 0.
+
+  Args:
+    logits: (N, C) logits, or log-probabilities (the log-softmax leaves those as
+      they are).
+  """
+  logits = _as_float64(logits)
+  if logits.ndim != 2 or len(logits) < 1:
+    raise ValueError(f"i_prime_torch needs (N, C) logits, got shape {logits.shape}")
+  log_conditional = special.log_softmax(logits, axis=1)
+  log_marginal = special.logsumexp(log_conditional, axis=0) - np.log(len(logits))
+  marginal = np.exp(log_marginal)
+  # Torch's `target > 0`: a class of p(y) = 0 adds 0 (the limit of t log t), even where
+  # log p(y|x) is -inf too.
+  gap = np.subtract(log_marginal, log_conditional, out=np.zeros_like(log_conditional),
+                    where=marginal > 0)
+  return float(np.sum(marginal * gap) / logits.size)
 
 
 def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:

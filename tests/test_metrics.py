@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 import numpy as np
 import pytest
+from scipy import special
 
 from ebgan_jax import metrics
 
@@ -364,3 +365,51 @@ def test_i_prime_rejects_bad_shapes(bad, message):
     metrics.i_prime(bad)
   with pytest.raises(ValueError, match=re.escape(message)):
     metrics.log_inception_score(bad)
+
+
+# ------------------------------------------------- I' as Torch7's DistKLDivCriterion
+
+
+def _torch_dist_kl_div(input_, target):
+  """Torch7's nn.DistKLDivCriterion forward with its default sizeAverage, written out:
+  sum over elements of target * (log target - input), target > 0 only, over their number."""
+  terms = [t * (math.log(t) - x) if t > 0 else 0.0 for x, t in zip(input_.flat, target.flat)]
+  return sum(terms) / input_.size
+
+
+def test_i_prime_torch_is_zero_when_every_prediction_is_the_marginal():
+  logits = np.tile(np.random.default_rng(3).normal(size=10), (50, 1))
+  assert metrics.i_prime_torch(logits) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_i_prime_torch_is_finite_without_a_clip_on_confident_logits():
+  labels = np.arange(100) % 10
+  logits = np.where(_one_hot(labels) > 0, 1e4, -1e4)
+  # p(y) = 1/10; log p(y|x) is 0 for the label, -2e4 for the 9 others.
+  expected = (np.log(0.1) + 0.9 * 2e4) / 10
+  assert metrics.i_prime_torch(logits) == pytest.approx(expected, rel=1e-12)
+  # The same logits as probabilities: their zeros are what I' needs a clip for.
+  assert metrics.i_prime(special.softmax(logits, axis=1)) < expected
+  # A class that no sample predicts adds 0, as in Torch (its target is 0).
+  five = np.where(_one_hot(labels % 5) > 0, 1e4, -1e4)
+  assert metrics.i_prime_torch(five) == pytest.approx((np.log(0.2) + 0.8 * 2e4) / 10, rel=1e-12)
+
+
+def test_i_prime_torch_is_torchs_formula_and_the_kl_over_the_classes():
+  rng = np.random.default_rng(4)
+  logits = rng.normal(scale=3.0, size=(40, 7))
+  log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+  target = np.broadcast_to(np.exp(log_p).mean(axis=0), log_p.shape)
+  expected = _torch_dist_kl_div(log_p, target)
+  assert metrics.i_prime_torch(logits) == pytest.approx(expected, rel=1e-12)
+  assert metrics.i_prime_torch(log_p) == pytest.approx(expected, rel=1e-12)
+  # I' with a clip below every probability is the same KL, not divided by C.
+  assert metrics.i_prime(np.exp(log_p), clip=1e-300) == pytest.approx(7 * expected, rel=1e-12)
+  # A class of probability 0 everywhere (log -inf) adds 0 and still counts in N * C.
+  with_empty = np.concatenate([log_p, np.full((40, 1), -np.inf)], axis=1)
+  assert metrics.i_prime_torch(with_empty) == pytest.approx(
+      _torch_dist_kl_div(with_empty, np.concatenate([target, np.zeros((40, 1))], axis=1)),
+      rel=1e-12)
+  assert metrics.i_prime_torch(with_empty) == pytest.approx(7 / 8 * expected, rel=1e-12)
+  with pytest.raises(ValueError, match=re.escape("(N, C)")):
+    metrics.i_prime_torch(np.ones(10))
