@@ -185,25 +185,33 @@ def fit(model: CNN, images: np.ndarray, labels: np.ndarray, *, num_epochs: int, 
 @functools.partial(jax.jit, static_argnums=0)
 def _forward(model: CNN, params, images: jax.Array) -> tuple[jax.Array, jax.Array]:
   logits, features = model.apply({"params": params}, images, train=False)
-  return jax.nn.softmax(logits), features
+  return jax.nn.log_softmax(logits), features
 
 
-def predict(model: CNN, params, images) -> tuple[np.ndarray, np.ndarray]:
-  """Class probabilities p(y|x) (N, num_classes) and penultimate features (N, feature_dim).
+def predict_log(model: CNN, params, images) -> tuple[np.ndarray, np.ndarray]:
+  """log p(y|x) (N, num_classes) and penultimate features (N, feature_dim).
 
   Images are uint8 or floats in [-1, 1], of the shape the CNN was trained on.
+  The log-softmax keeps a confident prediction's small p(y|x), which its
+  float32 probability rounds to 0 (metrics.i_prime_torch reads them).
   """
   images = np.asarray(images)
-  probabilities, features = [], []
+  log_probabilities, features = [], []
   for start in range(0, len(images), _PREDICT_BATCH):
     chunk = images[start:start + _PREDICT_BATCH]
     # Padding the last chunk to the full batch keeps one compiled shape.
     padded = np.concatenate([chunk, np.zeros((_PREDICT_BATCH - len(chunk), *chunk.shape[1:]),
                                              chunk.dtype)])
-    p, f = jax.device_get(_forward(model, params, to_input(padded)))
-    probabilities.append(p[:len(chunk)])
+    log_p, f = jax.device_get(_forward(model, params, to_input(padded)))
+    log_probabilities.append(log_p[:len(chunk)])
     features.append(f[:len(chunk)])
-  return np.concatenate(probabilities), np.concatenate(features)
+  return np.concatenate(log_probabilities), np.concatenate(features)
+
+
+def predict(model: CNN, params, images) -> tuple[np.ndarray, np.ndarray]:
+  """Class probabilities p(y|x) (N, num_classes) and penultimate features: predict_log's."""
+  log_probabilities, features = predict_log(model, params, images)
+  return np.exp(log_probabilities), features
 
 
 def accuracy(model: CNN, params, images, labels) -> float:

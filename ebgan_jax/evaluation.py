@@ -82,12 +82,12 @@ def eval_settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
 
 
 def score(classifier: classifier_lib.Classifier, images) -> tuple[np.ndarray, np.ndarray]:
-  """Class probabilities and features of images; a multi-channel image is scored per channel.
+  """Class log-probabilities and features of images; multi-channel images scored per channel.
 
   With a one-channel classifier and C-channel images (stacked MNIST), each
   channel is classified alone: the features are the C channels' features side
-  by side, the probabilities those of the K^C modes
-  (metrics.stacked_mode_probabilities).
+  by side, the log-probabilities those of the K^C modes
+  (metrics.stacked_mode_log_probabilities).
   """
   images = np.asarray(images)
   height, width, channels = classifier.image_shape
@@ -97,12 +97,13 @@ def score(classifier: classifier_lib.Classifier, images) -> tuple[np.ndarray, np
         f"images of shape {images.shape} do not fit the classifier in {classifier.directory}, "
         f"trained on {classifier.image_shape} images")
   if images.shape[3] == channels:
-    return classifier_lib.predict(classifier.model, classifier.params, images)
+    return classifier_lib.predict_log(classifier.model, classifier.params, images)
   n, stacked_channels = len(images), images.shape[3]
   digits = np.moveaxis(images, 3, 1).reshape(n * stacked_channels, height, width, 1)
-  probabilities, features = classifier_lib.predict(classifier.model, classifier.params, digits)
-  return (metrics.stacked_mode_probabilities(probabilities.reshape(n, stacked_channels, -1)),
-          features.reshape(n, -1))
+  log_probabilities, features = classifier_lib.predict_log(classifier.model, classifier.params,
+                                                           digits)
+  return (metrics.stacked_mode_log_probabilities(
+      log_probabilities.reshape(n, stacked_channels, -1)), features.reshape(n, -1))
 
 
 def load_classifier(config: ml_collections.ConfigDict) -> classifier_lib.Classifier:
@@ -240,16 +241,18 @@ class Evaluator:
             f"(sha256 {self.description['classifier_sha256']})")
 
   def _inception_outputs(self, images) -> tuple[np.ndarray, np.ndarray]:
-    """p(y|x) over the 1008 logits without bias (the IS code's) and the pool features."""
+    """log p(y|x) over the 1008 logits without bias (the IS code's) and the pool features."""
     outputs = self._extractor(images)
-    return special.softmax(outputs["logits_unbiased"].astype(np.float64), axis=1), outputs["pool"]
+    return (special.log_softmax(outputs["logits_unbiased"].astype(np.float64), axis=1),
+            outputs["pool"])
 
   def __call__(self, images) -> dict[str, float | list[int]]:
     """All metrics of images (uint8, or floats in [-1, 1]) against the real images.
 
     Keys: fid, kid(_std), precision, recall, density, coverage; with a
     classifier of labels or the Inception network also inception_score(_std),
-    log_is (over all the images: one split) and i_prime (metrics.i_prime);
+    log_is (over all the images: one split), i_prime (metrics.i_prime, clipped)
+    and i_prime_torch (metrics.i_prime_torch, from the log-probabilities);
     with a classifier of labels and plain data, classes_1pct (classes with
     >= 1% of the samples), kl_to_uniform and class_histogram (argmax counts);
     for stacked MNIST, modes_covered (of 10^C) and kl_modes_to_uniform instead.
@@ -263,7 +266,7 @@ class Evaluator:
       raise EvaluationError(
           f"{len(images)} images are too few to score; give at least "
           f"{max(settings.is_splits, settings.nearest_k + 1)}")
-    probabilities, features = self._score(images)
+    log_probabilities, features = self._score(images)
     kid, kid_std = metrics.kernel_inception_distance(
         self._real_features, features, num_subsets=settings.kid_subsets,
         subset_size=settings.kid_subset_size, seed=settings.seed)
@@ -277,10 +280,12 @@ class Evaluator:
     }
     if not self.has_classes:
       return results
+    probabilities = np.exp(log_probabilities)
     results["inception_score"], results["inception_score_std"] = metrics.inception_score(
         probabilities, settings.is_splits)
     results["log_is"] = metrics.log_inception_score(probabilities)
     results["i_prime"] = metrics.i_prime(probabilities)
+    results["i_prime_torch"] = metrics.i_prime_torch(log_probabilities)
     if self.settings.features == "inception":
       return results  # ImageNet's classes: no class counts of the data
     histogram = metrics.class_histogram(probabilities)

@@ -356,16 +356,17 @@ def stacked_mode_labels(channel_labels, num_classes: int = 10) -> np.ndarray:
   return labels @ weights
 
 
-def stacked_mode_probabilities(channel_probabilities) -> np.ndarray:
-  """p(mode|x) of stacked images from per-channel p(digit|x_c), channels independent.
+def stacked_mode_log_probabilities(channel_log_probabilities) -> np.ndarray:
+  """log p(mode|x) of stacked images from per-channel log p(digit|x_c), channels independent.
 
-  (N, C, K) -> (N, K^C), the outer product over channels, ordered as
-  stacked_mode_labels: its argmax is the mode of the per-channel argmaxes.
+  (N, C, K) -> (N, K^C), the outer sum over channels (the log of the outer
+  product of the probabilities), ordered as stacked_mode_labels: its argmax
+  is the mode of the per-channel argmaxes.
   """
-  p = _as_float64(channel_probabilities)
-  joint = p[:, 0]
-  for channel in range(1, p.shape[1]):
-    joint = (joint[:, :, None] * p[:, channel, None, :]).reshape(len(p), -1)
+  log_p = _as_float64(channel_log_probabilities)
+  joint = log_p[:, 0]
+  for channel in range(1, log_p.shape[1]):
+    joint = (joint[:, :, None] + log_p[:, channel, None, :]).reshape(len(log_p), -1)
   return joint
 
 

@@ -119,9 +119,9 @@ def test_stacked_modes_are_counted_on_each_channel(idx_dir, cache_dir):
   config = stacked_config(idx_dir, cache_dir)
   images, modes = data.load_split(config, "test")
   evaluator = evaluation.Evaluator(config)
-  probabilities, features = evaluation.score(evaluator.classifier, images)
-  assert probabilities.shape == (NUM_TEST, 1000) and features.shape == (NUM_TEST, 3 * 16)
-  np.testing.assert_array_equal(np.argmax(probabilities, axis=1), modes)
+  log_probabilities, features = evaluation.score(evaluator.classifier, images)
+  assert log_probabilities.shape == (NUM_TEST, 1000) and features.shape == (NUM_TEST, 3 * 16)
+  np.testing.assert_array_equal(np.argmax(log_probabilities, axis=1), modes)
 
   results = evaluator(images)
   assert results["modes_covered"] == len(np.unique(modes))
@@ -195,9 +195,9 @@ def test_score_generator_is_reproducible(idx_dir, cache_dir):
   evaluate_state = evaluation.Evaluator(config).score_generator
   first, second = evaluate_state(gan), evaluate_state(gan)
   assert first == second  # the same z every time
-  assert set(first) == {"inception_score", "inception_score_std", "log_is", "i_prime", "fid",
-                        "kid", "kid_std", "precision", "recall", "density", "coverage",
-                        "classes_1pct", "kl_to_uniform"}
+  assert set(first) == {"inception_score", "inception_score_std", "log_is", "i_prime",
+                        "i_prime_torch", "fid", "kid", "kid_std", "precision", "recall",
+                        "density", "coverage", "classes_1pct", "kl_to_uniform"}
   assert all(isinstance(value, float) and np.isfinite(value) for value in first.values())
   # An untrained generator is far from the test split.
   assert first["fid"] > 0.1 and first["coverage"] < 0.5

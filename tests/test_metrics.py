@@ -281,7 +281,7 @@ def test_stacked_mode_labels_read_the_channel_digits_as_a_number():
 def test_stacked_mode_probabilities_are_the_product_of_the_channels():
   rng = np.random.default_rng(15)
   channel_probabilities = rng.dirichlet(np.ones(10), size=(50, 3))
-  joint = metrics.stacked_mode_probabilities(channel_probabilities)
+  joint = np.exp(metrics.stacked_mode_log_probabilities(np.log(channel_probabilities)))
   assert joint.shape == (50, 1000)
   np.testing.assert_allclose(joint.sum(axis=1), 1.0, rtol=1e-12)
   triple = np.array([4, 2, 8])
