@@ -259,6 +259,12 @@ def save(directory: str | os.PathLike, params, metadata: dict) -> Classifier:
   return Classifier(create_model(metadata["model"]), params, metadata, str(directory))
 
 
+def is_saved(directory: str | os.PathLike) -> bool:
+  """Whether `directory` holds a complete classifier (`save` writes the metadata last)."""
+  directory = pathlib.Path(directory)
+  return (directory / METADATA_FILE).is_file() and (directory / "params").is_dir()
+
+
 def load(directory: str | os.PathLike) -> Classifier:
   """Restores the classifier that `save` wrote to `directory`, checking its SHA-256.
 
@@ -267,7 +273,7 @@ def load(directory: str | os.PathLike) -> Classifier:
     ValueError: the parameters' hash differs from the recorded one.
   """
   directory = pathlib.Path(directory).absolute()
-  if not (directory / METADATA_FILE).is_file() or not (directory / "params").is_dir():
+  if not is_saved(directory):
     raise FileNotFoundError(f"no trained classifier in {directory}")
   metadata = json.loads((directory / METADATA_FILE).read_text())
   metadata.setdefault("task", "labels")  # saved before there were tasks

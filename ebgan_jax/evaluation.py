@@ -66,6 +66,12 @@ BLUR_SIGMA = 1.0
 _GENERATE_BATCH = 500
 
 
+# The experiments/configs/ file of experiments.train_classifier that makes each dataset's
+# classifier; any other dataset's is CLASSIFIER_CONFIG_IMAGES's, read from its GAN config.
+CLASSIFIER_CONFIGS = {"fashion_mnist": "classifier_fashion.py", "mnist": "classifier_mnist.py"}
+CLASSIFIER_CONFIG_IMAGES = "classifier_images.py"
+
+
 class EvaluationError(ValueError):
   """Bad user input: no classifier, unreadable samples, images of the wrong shape."""
 
@@ -113,8 +119,7 @@ def load_classifier(config: ml_collections.ConfigDict) -> classifier_lib.Classif
   try:
     return classifier_lib.load(directory)
   except FileNotFoundError:
-    config_file = {"fashion_mnist": "classifier_fashion.py", "mnist": "classifier_mnist.py"}.get(
-        dataset, "classifier_images.py:GAN_CONFIG")
+    config_file = CLASSIFIER_CONFIGS.get(dataset, f"{CLASSIFIER_CONFIG_IMAGES}:GAN_CONFIG")
     raise EvaluationError(
         f"no trained classifier for {dataset!r} in {directory}; train it with `python -m "
         f"experiments.train_classifier --config=experiments/configs/{config_file}` (with the "

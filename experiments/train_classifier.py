@@ -13,20 +13,33 @@ image shows instead of its label: the feature network of image folders
 without labels (experiments/configs/classifier_images.py). Prints
 one JSON line: its path, SHA-256, test accuracy and whether it was reused.
 Bad input prints one `error:` line and exits with status 2.
+
+The grid search and periodic evaluation need not run this first:
+`ensure_classifier(gan_config)` trains the classifier that scores a GAN
+config's samples (`scoring_config`) when none is cached.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 
 from absl import flags, logging
+import jax
 import ml_collections
 
-from ebgan_jax import classifier as classifier_lib, data
+from ebgan_jax import classifier as classifier_lib, data, evaluation
 from experiments import cli
+from experiments.configs import classifier_images
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "classifier_mnist.py")
+# The fields of a GAN config that say where a labelled dataset's images come from; its
+# classifier keeps its own image_shape (stacked MNIST's classifier sees one digit).
+SOURCE_FIELDS = ("idx_dir", "data_dir", "download")
+# Minutes per epoch of each config on 2 CPU cores for the full data, as the configs give them.
+_MINUTES_PER_EPOCH = {"classifier_mnist.py": 1.0, "classifier_fashion.py": 1.0,
+                      "classifier_images.py": 2.0}
 
 
 class ConfigError(ValueError):
@@ -132,6 +145,54 @@ def train_and_save(config: ml_collections.ConfigDict) -> dict:
       "num_test": classifier.metadata["num_test"],
       "reused": cached is not None,
   }
+
+
+def _scoring_config_file(dataset: str) -> str:
+  return evaluation.CLASSIFIER_CONFIGS.get(dataset, evaluation.CLASSIFIER_CONFIG_IMAGES)
+
+
+def scoring_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The classifier config that scores samples of the GAN config `config`.
+
+  Its dataset's classifier config (evaluation.CLASSIFIER_CONFIGS), reading the
+  images where `config` does (SOURCE_FIELDS); for other data, classifier_images'
+  feature network with every data field of `config`. Cached where `config`'s
+  evaluation looks for it (config.eval.classifier_dir).
+  """
+  file = _scoring_config_file(config.dataset)
+  classifier_config = importlib.import_module(
+      f"experiments.configs.{file.removesuffix('.py')}").get_config()
+  fields = (SOURCE_FIELDS if config.dataset in evaluation.CLASSIFIER_CONFIGS
+            else classifier_images.DATA_FIELDS)
+  with classifier_config.unlocked():
+    for field in fields:
+      if field in config:
+        classifier_config[field] = config[field]
+  classifier_config.cache_dir = evaluation.eval_settings(config).classifier_dir
+  return classifier_config
+
+
+def ensure_classifier(config: ml_collections.ConfigDict) -> None:
+  """Trains the classifier that scores `config`'s samples if none is cached (train_and_save).
+
+  A study is then one command: the grid search and periodic evaluation call
+  this before evaluation.Evaluator. One log line says that, where and how
+  long; a cached classifier is used as it is. Not with the Inception features
+  (a weights file, not trained here) nor with several processes (each would
+  train and write the one cache): those keep evaluation's error naming the
+  command.
+  """
+  if evaluation.eval_settings(config).features != "classifier" or jax.process_count() > 1:
+    return
+  classifier_config = scoring_config(config)
+  directory = classifier_lib.cache_path(classifier_config.cache_dir, classifier_config.dataset)
+  if classifier_lib.is_saved(directory):
+    return
+  file = _scoring_config_file(config.dataset)
+  logging.info("no scoring classifier cached for %s at %s: training one "
+               "(experiments/configs/%s), about %.0f minutes on 2 CPU cores", config.dataset,
+               directory, file, classifier_config.num_epochs * _MINUTES_PER_EPOCH[file])
+  train_and_save(classifier_config)
 
 
 def define_flags() -> None:

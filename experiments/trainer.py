@@ -29,7 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from ebgan_jax import (checkpoint, data, evaluation, models, objectives,
                        population as population_lib, state as state_lib, train, viz)
-from experiments import cli
+from experiments import cli, train_classifier
 
 # Part of the config that fixes parameter shapes: a checkpoint restores only
 # into the same values.
@@ -229,8 +229,9 @@ class _MetricsLog:
 
 def _make_evaluator(config) -> evaluation.Evaluator:
   try:
+    train_classifier.ensure_classifier(config)
     evaluator = evaluation.Evaluator(config)
-  except evaluation.EvaluationError as e:
+  except (evaluation.EvaluationError, train_classifier.ConfigError) as e:
     raise ConfigError(f"eval_every={config.eval_every} needs the built-in metrics: {e}") from None
   logging.info("Every %d steps: %d samples against %s, scored by the %s", config.eval_every,
                evaluator.settings.num_samples, evaluator.description["real"], evaluator.network)

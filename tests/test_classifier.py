@@ -10,7 +10,8 @@ import pytest
 
 from ebgan_jax import classifier, data
 from experiments import train_classifier
-from experiments.configs import classifier_fashion, classifier_mnist
+from experiments.configs import (celeba64, classifier_fashion, classifier_mnist, grid_fashion,
+                                 stacked_mnist_conv)
 from tests import data_fixtures
 from tests.test_cli import run_in_process
 
@@ -214,6 +215,42 @@ def test_learns_real_fashion_mnist_well_above_chance():
                           batch_size=config.batch_size, learning_rate=config.learning_rate,
                           seed=0)
   assert classifier.accuracy(model, params, test_images[:2000], test_labels[:2000]) > 0.6
+
+
+# --- The scoring classifier of a GAN config, trained on first use ----------------------------
+
+
+def test_the_scoring_classifier_reads_the_gan_configs_data(tmp_path):
+  gan = grid_fashion.get_config("tiny")
+  gan.eval.classifier_dir = str(tmp_path)
+  expected = classifier_fashion.get_config()
+  expected.update({"idx_dir": gan.idx_dir, "cache_dir": str(tmp_path)})
+  assert train_classifier.scoring_config(gan).to_dict() == expected.to_dict()
+  # Stacked MNIST's classifier sees one digit, read where the stacks' digits come from.
+  stacked = stacked_mnist_conv.get_config()
+  stacked.idx_dir = str(tmp_path / "digits")
+  digits = train_classifier.scoring_config(stacked)
+  assert digits.dataset == "mnist" and digits.image_shape == (28, 28, 1)
+  assert digits.idx_dir == str(tmp_path / "digits") and digits.task == "labels"
+  # Photographs: classifier_images' rotation network, with every data field of the GAN config.
+  photos = celeba64.get_config()
+  photos.image_dir = str(tmp_path / "photos")
+  rotation = train_classifier.scoring_config(photos)
+  assert rotation.task == "rotation" and rotation.dataset == photos.dataset
+  assert rotation.image_dir == photos.image_dir and rotation.image_shape == photos.image_shape
+
+
+def test_a_cached_or_inception_scoring_classifier_is_not_trained(tmp_path, monkeypatch):
+  monkeypatch.setattr(train_classifier, "train_and_save", lambda config: pytest.fail("trained"))
+  gan = grid_fashion.get_config("tiny")
+  gan.eval.classifier_dir = str(tmp_path)
+  gan.eval.features = "inception"  # its weights come from a file
+  train_classifier.ensure_classifier(gan)
+  gan.eval.features = "classifier"
+  params = classifier.init_params(classifier.create_model(MODEL), (28, 28, 1),
+                                  jax.random.PRNGKey(0))
+  classifier.save(tmp_path / "fashion_mnist", params, {"model": MODEL, "image_shape": [28, 28, 1]})
+  train_classifier.ensure_classifier(gan)
 
 
 # --- The rotation task: a feature network for images without labels ------------------------

@@ -5,6 +5,7 @@ CNN separates perfectly after a few steps, so every score has a known answer.
 """
 
 import json
+import logging
 import pathlib
 import subprocess
 import sys
@@ -315,10 +316,28 @@ def test_training_logs_the_metrics_every_eval_every_steps(idx_dir, cache_dir, tm
   assert {"eval/fid", "eval/inception_score", "eval/coverage", "eval/kid"} <= tags
 
 
-def test_eval_every_without_a_classifier_is_a_config_error(idx_dir, tmp_path):
-  config = plain_config(idx_dir, tmp_path / "no_classifiers")
+def test_eval_every_trains_a_missing_classifier_first(idx_dir, tmp_path, caplog):
+  cache = tmp_path / "classifiers"
+  config = plain_config(idx_dir, cache, num_samples=120, kid_subsets=2, kid_subset_size=50)
+  config.num_steps = 4
   config.eval_every = 2
-  with pytest.raises(trainer.ConfigError, match="eval_every=2 needs the built-in metrics"):
+  caplog.set_level(logging.INFO)
+  trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  training = [record.getMessage() for record in caplog.records
+              if "no scoring classifier cached" in record.getMessage()]
+  assert training == [f"no scoring classifier cached for mnist at {cache / 'mnist'}: training "
+                      "one (experiments/configs/classifier_mnist.py), about 8 minutes on 2 CPU "
+                      "cores"]
+  assert classifier.load(cache / "mnist").metadata["source"] == f"idx:{idx_dir}"
+  assert {"eval/fid", "eval/i_prime_torch"} <= _scalar_tags(tmp_path / "run")
+
+
+def test_eval_every_with_a_classifier_it_cannot_save_is_a_config_error(idx_dir, tmp_path):
+  (tmp_path / "a_file").write_text("")
+  config = plain_config(idx_dir, tmp_path / "a_file")
+  config.eval_every = 2
+  with pytest.raises(trainer.ConfigError, match="eval_every=2 needs the built-in metrics: "
+                     "cannot write the classifier"):
     trainer.train_and_evaluate(config, str(tmp_path / "run"))
 
 
