@@ -9,9 +9,11 @@ EBGAN and 6,144 GAN runs), keeps config.grid.subset of it ("full",
 "reduced" or "tiny"), groups the runs that share every static setting
 (objective, architecture, dropout, optimiser kinds) and trains each group as
 one population (ebgan_jax/population.py; its members differ in learning
-rate). Every run is then scored on the built-in classifier of config.dataset:
-I' (the paper's score, metrics.i_prime), log-IS, FID, classes covered, and
-whether it diverged. Outputs in --workdir:
+rate). Every run is then scored on the built-in classifier of config.dataset
+(trained first if none is cached, experiments.train_classifier.ensure_classifier):
+I' (the paper's score) in two readings (metrics.i_prime, with a clip;
+metrics.i_prime_torch, Torch7's class-averaged one), log-IS, FID, classes
+covered, and whether it diverged. Outputs in --workdir:
 
   results.csv       one row per run, written after each group: resume after a
                     kill reruns the command, and finished groups are skipped
@@ -19,10 +21,12 @@ whether it diverged. Outputs in --workdir:
                     checkpoint_every): a group stopped inside resumes from
                     its newest; removed once its rows are written
   samples/ID.png    64 samples of each run, from one fixed z
-  summary.md        the share of runs above fixed I' and log-IS thresholds, per
-                    model and per GAN setting, with the diverged share
-  fig2_*.png        the paper's Fig. 2 (histograms of I' and of log-IS over all
-                    runs, and over nLayerG, nLayerD <= 4 and <= 3)
+  summary.md        the share of runs above fixed log-IS and I' thresholds, per
+                    model and per GAN setting, with the diverged share; the
+                    scores of as many real test images
+  fig2_*.png        the paper's Fig. 2 (histograms of each score over all runs,
+                    and over nLayerG, nLayerD <= 4 and <= 3; the real test
+                    images' score dashed), one file per score of FIGURE_SCORES
   fig3_*.png        Fig. 3: each GAN setting (lr, optimD, optimG) against EBGAN
 """
 
@@ -39,7 +43,7 @@ import ml_collections
 import numpy as np
 
 from ebgan_jax import data, evaluation, objectives, viz
-from experiments import cli, trainer
+from experiments import cli, train_classifier, trainer
 from experiments.configs import grid_mnist
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "grid_mnist.py")
@@ -48,14 +52,18 @@ SUMMARY = "summary.md"
 ARCHITECTURE = ("n_layer_g", "n_layer_d", "size_g", "size_d", "dropout_d")
 # What a group's members share: everything but the learning rate and seed.
 GROUP_FIELDS = ("objective", *ARCHITECTURE, "optim_d", "optim_g")
-SCORES = ("i_prime", "log_is", "fid", "inception_score", "classes_1pct")
+SCORES = ("i_prime", "i_prime_torch", "log_is", "fid", "inception_score", "classes_1pct")
 COLUMNS = ("run", "group", *GROUP_FIELDS, "lr_g", "lr_d", "margin", "lambda_pt",
            "energy_reduction", "seed", "steps", "diverged", *SCORES, "d_loss", "g_loss",
            "group_train_s")
 GRID_SAMPLES = 64
 # summary.md's columns: the share of runs above each score. log-IS is at most
-# log 10 = 2.30; I' with metrics.I_PRIME_CLIP reaches about 11.
-THRESHOLDS = {"log_is": (0.4, 1.0, 1.5), "i_prime": (0.4, 2.0, 4.0)}
+# log 10 = 2.30; I' with metrics.I_PRIME_CLIP reaches about 11; Torch7's I' is
+# read on the paper's Fig. 2 axis (0-1.9), as log-IS is.
+THRESHOLDS = {"log_is": (0.4, 1.0, 1.5), "i_prime_torch": (0.4, 1.0, 1.5),
+              "i_prime": (0.4, 2.0, 4.0)}
+# The scores drawn as Figs. 2 and 3, a pair of files each.
+FIGURE_SCORES = ("i_prime", "i_prime_torch", "log_is")
 # Fig. 2's panels: (title, largest nLayerG and nLayerD).
 PANELS = (("(a) all runs", 5), ("(b) nLayerG, nLayerD <= 4", 4), ("(c) nLayerG, nLayerD <= 3", 3))
 
@@ -259,10 +267,12 @@ def main(argv):
     trainer.validate_config(group_config(config, members[0]))
   results_path = os.path.join(args.workdir, RESULTS)
   try:
+    train_classifier.ensure_classifier(config)
     evaluator = evaluation.Evaluator(config)
     config.num_steps = steps_per_run(config, len(data.load_split(config, "train")[0]))
     done = {row["run"]: row for row in read_results(results_path)}
-  except (ValueError, OSError, KeyError) as e:  # EvaluationError is a ValueError
+  # EvaluationError and train_classifier.ConfigError are ValueErrors.
+  except (ValueError, OSError, KeyError) as e:
     raise GridError(str(e)) from None
   unknown = sorted(set(done) - {run_id(run) for run in runs})
   if unknown:
@@ -283,13 +293,18 @@ def main(argv):
     shutil.rmtree(_group_workdir(args.workdir, members[0]))  # its rows hold what it made
     logging.info("group %d/%d %s: %d runs, %.0f s so far", n + 1, len(plan), name,
                  len(members), time.perf_counter() - start)
-  draw_figures(rows, args.workdir)
+  real_images, _ = data.load_split(config, "test")
+  real = evaluator(real_images[:config.grid.eval_samples])  # as many as a run's samples
+  draw_figures(rows, args.workdir, real)
   with open(os.path.join(args.workdir, SUMMARY), "w") as f:
-    f.write(summary_table(rows))
+    f.write(summary_table(rows, real, min(len(real_images), config.grid.eval_samples)))
 
 
-def summary_table(rows: list[dict]) -> str:
-  """Markdown: per model and per GAN setting, the share of runs above THRESHOLDS, and more."""
+def summary_table(rows: list[dict], real: dict | None = None, num_real: int = 0) -> str:
+  """Markdown: per model and per GAN setting, the share of runs above THRESHOLDS, and more.
+
+  With `real`, the scores of `num_real` real test images, a line below the table.
+  """
   header = ["runs", "diverged", *(f"{key} > {t:g}" for key, ts in THRESHOLDS.items() for t in ts),
             "median FID", "median classes >= 1%"]
   lines = ["| model | " + " | ".join(header) + " |", "|" + " --- |" * (len(header) + 1)]
@@ -313,6 +328,9 @@ def summary_table(rows: list[dict]) -> str:
     line(f"GAN lr {lr:g}, D {optim_d}, G {optim_g}",
          [r for r in rows if r["objective"] == "gan" and float(r["lr_d"]) == lr
           and r["optim_d"] == optim_d and r["optim_g"] == optim_g])
+  if real:
+    lines += ["", f"{num_real} real test images: " + ", ".join(
+        f"{key} {real[key]:.4g}" for key in (*THRESHOLDS, "fid") if key in real)]
   return "\n".join(lines) + "\n"
 
 
@@ -321,22 +339,29 @@ def _floats(rows: list[dict], key: str) -> np.ndarray:
   return np.asarray([v for v in values if math.isfinite(v)])
 
 
-def histogram(ax, rows_by_label: dict[str, list[dict]], key: str, bin_width: float = 0.1):
-  """Share of runs per bin of `key` (bins of bin_width from 0), one bar series per label."""
+def histogram(ax, rows_by_label: dict[str, list[dict]], key: str, bin_width: float = 0.1,
+              real: float | None = None):
+  """Share of runs per bin of `key` (bins of bin_width from 0), one bar series per label;
+  the real images' score `real`, if given, as a dashed line."""
   values = {label: _floats(rows, key) for label, rows in rows_by_label.items()}
-  top = max([v.max() for v in values.values() if len(v)] + [bin_width])
+  top = max([v.max() for v in values.values() if len(v)] + [bin_width]
+            + ([] if real is None else [real]))
   edges = np.arange(0.0, top + 2 * bin_width, bin_width)
   for label, v in values.items():
     if len(v):
       ax.hist(v, bins=edges, weights=np.full(len(v), 1 / len(v)), alpha=0.55,
               label=f"{label} ({len(v)} runs)")
+  if real is not None:
+    ax.axvline(real, color="black", linestyle="--", label=f"real test images ({real:.2f})")
   ax.set_xlabel(key)
   ax.set_ylabel("share of runs")
   ax.legend(fontsize=7)
 
 
-def draw_figures(rows: list[dict], workdir: str) -> None:
-  """Fig. 2 (three panels) and Fig. 3 (one panel per GAN setting), for I' and log-IS."""
+def draw_figures(rows: list[dict], workdir: str, real: dict | None = None) -> None:
+  """Fig. 2 (three panels) and Fig. 3 (one panel per GAN setting) of each FIGURE_SCORES key
+  that the rows have (results.csv of earlier versions lack i_prime_torch); `real`, the
+  real test images' scores, marks each panel."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -348,11 +373,14 @@ def draw_figures(rows: list[dict], workdir: str) -> None:
   gan_settings = sorted({(float(r["lr_d"]), r["optim_d"], r["optim_g"])
                          for r in rows if r["objective"] == "gan"})
   ebgan = [r for r in rows if r["objective"] == "ebgan"]
-  for key in ("i_prime", "log_is"):
+  real = real or {}
+  for key in FIGURE_SCORES:
+    if not len(_floats(rows, key)):
+      continue
     fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 3.8))
     for ax, (title, depth) in zip(axes, PANELS):
       histogram(ax, by_objective([r for r in rows if int(r["n_layer_g"]) <= depth
-                                  and int(r["n_layer_d"]) <= depth]), key)
+                                  and int(r["n_layer_d"]) <= depth]), key, real=real.get(key))
       ax.set_title(title)
     fig.tight_layout()
     fig.savefig(os.path.join(workdir, f"fig2_{key}.png"), dpi=100)
@@ -365,7 +393,7 @@ def draw_figures(rows: list[dict], workdir: str) -> None:
     for ax, (lr, optim_d, optim_g) in zip(axes.flat, gan_settings):
       gan = [r for r in rows if r["objective"] == "gan" and float(r["lr_d"]) == lr
              and r["optim_d"] == optim_d and r["optim_g"] == optim_g]
-      histogram(ax, {"EBGAN": ebgan, "GAN": gan}, key)
+      histogram(ax, {"EBGAN": ebgan, "GAN": gan}, key, real=real.get(key))
       ax.set_title(f"lr {lr:g}, optimD {optim_d}, optimG {optim_g}", fontsize=9)
     for ax in list(axes.flat)[len(gan_settings):]:
       ax.axis("off")

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from ebgan_jax import classifier
 from experiments import grid_search
 from experiments.configs import grid_fashion, grid_mnist
 from tests.test_classifier import save_pattern_classifier, write_pattern_idx_dir
@@ -92,35 +93,56 @@ def _rows(workdir):
 
 def test_summary_counts_the_share_of_runs_above_each_threshold():
   rows = [{"objective": "ebgan", "lr_d": 1e-3, "optim_d": "adam", "optim_g": "adam",
-           "diverged": False, "log_is": v, "i_prime": 3 * v, "fid": 10.0, "classes_1pct": 10}
+           "diverged": False, "log_is": v, "i_prime_torch": v / 2, "i_prime": 3 * v,
+           "fid": 10.0, "classes_1pct": 10}
           for v in (0.2, 0.5, 1.2, 1.6)]
   rows += [{"objective": "gan", "lr_d": 1e-2, "optim_d": "sgd", "optim_g": "adam",
-            "diverged": d, "log_is": 0.1, "i_prime": "", "fid": 300.0, "classes_1pct": 1}
+            "diverged": d, "log_is": 0.1, "i_prime_torch": "", "i_prime": "", "fid": 300.0,
+            "classes_1pct": 1}
            for d in (True, False)]
-  table = grid_search.summary_table(rows).splitlines()
-  # log-IS > 0.4, 1, 1.5: 3, 2, 1 of 4; I' = 3 log-IS (0.6 ... 4.8) > 0.4, 2, 4: 4, 2, 1 of 4.
-  assert table[2] == "| **EBGAN** | 4 | 0% | 75% | 50% | 25% | 100% | 50% | 25% | 10 | 10 |"
-  assert table[3] == "| **GAN** | 2 | 50% | 0% | 0% | 0% |  |  |  | 300 | 1 |"
+  real = {"log_is": 2.1, "i_prime_torch": 1.43, "i_prime": 8.2, "fid": 0.5, "kid": 0.0}
+  table = grid_search.summary_table(rows, real, 2000).splitlines()
+  assert table[0].startswith("| model | runs | diverged | log_is > 0.4 | log_is > 1 | log_is > "
+                             "1.5 | i_prime_torch > 0.4 | i_prime_torch > 1 | i_prime_torch > 1.5 "
+                             "| i_prime > 0.4 |")
+  # log-IS > 0.4, 1, 1.5: 3, 2, 1 of 4; Torch7's I' = log-IS / 2 (0.1 ... 0.8): 2, 0, 0 of 4;
+  # I' = 3 log-IS (0.6 ... 4.8) > 0.4, 2, 4: 4, 2, 1 of 4.
+  assert table[2] == ("| **EBGAN** | 4 | 0% | 75% | 50% | 25% | 50% | 0% | 0% | 100% | 50% | 25% "
+                      "| 10 | 10 |")
+  assert table[3] == "| **GAN** | 2 | 50% | 0% | 0% | 0% |  |  |  |  |  |  | 300 | 1 |"
   assert table[4].startswith("| GAN lr 0.01, D sgd, G adam | 2 |")
+  assert table[-1] == ("2000 real test images: log_is 2.1, i_prime_torch 1.43, i_prime 8.2, "
+                       "fid 0.5")
 
 
-def test_a_killed_grid_resumes_then_scores_every_run_and_draws_figures(tiny_inputs, tmp_path):
-  """The tiny grid end to end, killed after its first group and resumed: the one full run."""
+def test_a_killed_grid_resumes_then_scores_every_run_and_draws_figures(tiny_inputs, tmp_path,
+                                                                       tmp_path_factory):
+  """The tiny grid end to end, killed after its first group and resumed: the one full run.
+
+  It starts without a scoring classifier: the first process trains one (classifier_fashion.py
+  on the 256 pattern digits, seconds), the resumed one finds it cached.
+  """
+  cache = tmp_path_factory.mktemp("empty_cache")
+  inputs = [arg for arg in tiny_inputs if not arg.startswith("--config.eval.classifier_dir=")]
+  inputs.append(f"--config.eval.classifier_dir={cache}")
   results = tmp_path / grid_search.RESULTS
-  command = [sys.executable, "-m", "experiments.grid_search", *tiny_inputs,
-             f"--workdir={tmp_path}"]
+  command = [sys.executable, "-m", "experiments.grid_search", *inputs, f"--workdir={tmp_path}"]
   process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
   deadline = time.monotonic() + 300
   while not results.exists() and process.poll() is None and time.monotonic() < deadline:
     time.sleep(0.05)
   process.send_signal(signal.SIGKILL)
-  process.communicate()
+  _, killed_stderr = process.communicate()
+  training = (f"no scoring classifier cached for fashion_mnist at {cache / 'fashion_mnist'}: "
+              "training one (experiments/configs/classifier_fashion.py), about 8 minutes")
+  assert sum(training in line for line in killed_stderr.splitlines()) == 1, killed_stderr[-3000:]
+  assert classifier.is_saved(cache / "fashion_mnist")
   finished = _rows(tmp_path)
   assert 0 < len(finished) < len(_runs("tiny")), "the kill came too late to test resuming"
-  result = run_program("experiments.grid_search", *tiny_inputs, f"--workdir={tmp_path}",
-                       timeout=600)
+  result = run_program("experiments.grid_search", *inputs, f"--workdir={tmp_path}", timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert "no scoring classifier cached" not in result.stderr
   rows = _rows(tmp_path)
   assert [row["run"] for row in rows] == [grid_search.run_id(run) for run in _runs("tiny")]
   assert rows[:len(finished)] == finished  # the finished runs' rows, untouched
@@ -133,14 +155,16 @@ def test_a_killed_grid_resumes_then_scores_every_run_and_draws_figures(tiny_inpu
   assert set(grid_search.COLUMNS) == set(rows[0])
   for row in rows:
     assert row["steps"] == "20" and row["diverged"] in ("True", "False")
-    assert all(float(row[key]) >= 0 for key in ("i_prime", "log_is", "fid"))
+    assert all(float(row[key]) >= 0 for key in ("i_prime", "i_prime_torch", "log_is", "fid"))
     assert (row["margin"] == "10.0") == (row["objective"] == "ebgan")
     assert (tmp_path / "samples" / f"{row['run']}.png").exists()
   assert {p.name for p in tmp_path.glob("fig*.png")} == {
-      "fig2_i_prime.png", "fig2_log_is.png", "fig3_i_prime.png", "fig3_log_is.png"}
+      f"fig{n}_{key}.png" for n in (2, 3) for key in ("i_prime", "i_prime_torch", "log_is")}
   summary = (tmp_path / grid_search.SUMMARY).read_text().splitlines()
   assert summary[2].startswith("| **EBGAN** | 2 |") and summary[3].startswith("| **GAN** | 6 |")
-  assert len(summary) == 2 + 2 + 6  # header, the two models, the tiny grid's 6 GAN settings
+  # Header, the two models, the tiny grid's 6 GAN settings; then the real images' scores.
+  assert len(summary) == 2 + 2 + 6 + 2
+  assert summary[-1].startswith("50 real test images: log_is ")
 
 
 # Bad input: in this process (tests/test_cli.py's run_in_process), but for one case that runs
@@ -161,12 +185,13 @@ def test_bad_grid_config_is_one_line_and_writes_nothing(run, args, message, tmp_
   assert not workdir.exists()
 
 
-def test_missing_classifier_fails_before_anything_is_written(tmp_path):
+def test_a_missing_classifier_without_its_data_fails_before_anything_is_written(tmp_path):
   workdir = tmp_path / "grid"
   result = run_in_process("experiments.grid_search", f"--config={TINY}", f"--workdir={workdir}",
-                          f"--config.eval.classifier_dir={tmp_path / 'none'}")
-  assert_one_error_line(result, "no trained classifier for 'fashion_mnist'")
-  assert not workdir.exists()
+                          f"--config.eval.classifier_dir={tmp_path / 'none'}",
+                          f"--config.idx_dir={tmp_path / 'no_idx'}")
+  assert_one_error_line(result, f"IDX directory {tmp_path / 'no_idx'} does not exist")
+  assert not workdir.exists() and not (tmp_path / "none").exists()
 
 
 def test_results_of_another_grid_are_refused(tiny_inputs, tmp_path):
