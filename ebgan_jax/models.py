@@ -186,11 +186,23 @@ class Conv28Generator(nn.Module):
     return jnp.tanh(x).astype(jnp.float32)
 
 
+def _logit(embedding: jax.Array, dtype: Any) -> tuple[jax.Array, jax.Array]:
+  """The GAN baseline's head on an encoder: one logit per image from the embedding S,
+  (N,), in place of the decoder; S is returned beside it, as the decoders do."""
+  logit = nn.Dense(1, dtype=dtype, name="Logit")(embedding)[:, 0]
+  return logit.astype(jnp.float32), embedding.astype(jnp.float32)
+
+
 class Conv28Discriminator(nn.Module):
-  """Conv 64 (14x14) -> Dense embedding_dim (= S) -> Dense 14*14*64 -> ConvT C, tanh."""
+  """Conv 64 (14x14) -> Dense embedding_dim (= S) -> Dense 14*14*64 -> ConvT C, tanh.
+
+  With head "logit" (the GAN baseline's D): Conv 64 -> Dense embedding_dim ->
+  leaky ReLU -> Dense 1, the encoder ending in one logit.
+  """
 
   image_shape: tuple[int, int, int] = (28, 28, 1)
   embedding_dim: int = 32
+  head: str = "reconstruction"
   dtype: Any = jnp.float32
   conv_impl: str = "native"  # one of CONV_IMPLS
 
@@ -198,6 +210,9 @@ class Conv28Discriminator(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
     h = nn.relu(_conv(self.conv_impl, 64, dtype=self.dtype, name="Conv_0")(x))
     embedding = nn.Dense(self.embedding_dim, dtype=self.dtype)(h.reshape(h.shape[0], -1))
+    if self.head == "logit":
+      # A non-linearity between the two Dense layers, or they would be one linear map.
+      return _logit(nn.leaky_relu(embedding, 0.2), self.dtype)
     h = nn.Dense(14 * 14 * 64, use_bias=False, dtype=self.dtype)(embedding)
     h = nn.relu(_batch_norm(train, self.dtype)(h)).reshape(-1, 14, 14, 64)
     h = _conv_transpose(self.conv_impl, self.image_shape[-1], dtype=self.dtype,
@@ -300,10 +315,14 @@ class ConvAutoEncoder(nn.Module):
   Decoder: the mirror, one ConvT 4c2s per encoder width but the last, in
   reverse, each with BN and ReLU, then a ConvT 4c2s to C channels and tanh,
   so that reconstructions lie in [-1, 1] like the images.
+  With head "logit", Dense 1 on S replaces the decoder: Radford et al.'s DCGAN
+  discriminator (their last 4x4 convolution to one channel is a Dense on S),
+  the paper's baseline beside EBGAN-PT.
   """
 
   image_shape: tuple[int, int, int] = (64, 64, 3)
   encoder_widths: tuple[int, ...] = (64, 128, 256)
+  head: str = "reconstruction"
   dtype: Any = jnp.float32
   conv_impl: str = "native"  # one of CONV_IMPLS
 
@@ -316,6 +335,8 @@ class ConvAutoEncoder(nn.Module):
         h = _batch_norm(train, self.dtype)(h)
       h = nn.leaky_relu(h, 0.2)
     embedding = h.reshape(h.shape[0], -1)
+    if self.head == "logit":
+      return _logit(embedding, self.dtype)
     for i, width in enumerate(reversed(self.encoder_widths[:-1])):
       h = _conv_transpose(self.conv_impl, width, use_bias=False, dtype=self.dtype,
                           name=f"ConvTranspose_{i}")(h)
@@ -331,10 +352,11 @@ def _check_image_size(family: str, image_shape, size: int) -> None:
         f"model family {family!r} needs {size}x{size} images, got image_shape {image_shape}")
 
 
-def _conv28(image_shape, dtype, conv_impl, **fields) -> tuple[nn.Module, nn.Module]:
+def _conv28(image_shape, dtype, conv_impl, embedding_dim=32, head="reconstruction"
+            ) -> tuple[nn.Module, nn.Module]:
   _check_image_size("conv28", image_shape, 28)
   return (Conv28Generator(image_shape, dtype=dtype, conv_impl=conv_impl),
-          Conv28Discriminator(image_shape, **fields, dtype=dtype, conv_impl=conv_impl))
+          Conv28Discriminator(image_shape, embedding_dim, head, dtype=dtype, conv_impl=conv_impl))
 
 
 def _check_widths(family: str, g_width: int, d_width: int, halvings: int) -> None:
@@ -344,17 +366,17 @@ def _check_widths(family: str, g_width: int, d_width: int, halvings: int) -> Non
         f"it {halvings} times) and d_width >= 1, got g_width {g_width} and d_width {d_width}")
 
 
-def _conv64(image_shape, dtype, conv_impl, g_width=512, d_width=64):
+def _conv64(image_shape, dtype, conv_impl, g_width=512, d_width=64, head="reconstruction"):
   """The paper's 64x64 nets; g_width: channels of G's 4x4 map, d_width: of D's first conv."""
   _check_image_size("conv64", image_shape, 64)
   _check_widths("conv64", g_width, d_width, 3)
   g_widths = tuple(g_width // 2**i for i in range(4))  # 4x4 ... 32x32, then ConvT to 64x64
   encoder_widths = tuple(d_width * 2**i for i in range(3))  # 32x32, 16x16, 8x8
   return (DCGANGenerator(image_shape, g_widths, dtype=dtype, conv_impl=conv_impl),
-          ConvAutoEncoder(image_shape, encoder_widths, dtype=dtype, conv_impl=conv_impl))
+          ConvAutoEncoder(image_shape, encoder_widths, head, dtype=dtype, conv_impl=conv_impl))
 
 
-def _conv128(image_shape, dtype, conv_impl, g_width=1024, d_width=64):
+def _conv128(image_shape, dtype, conv_impl, g_width=1024, d_width=64, head="reconstruction"):
   """The paper's 128x128 ImageNet nets; g_width and d_width as for conv64."""
   _check_image_size("conv128", image_shape, 128)
   _check_widths("conv128", g_width, d_width, 4)
@@ -363,7 +385,7 @@ def _conv128(image_shape, dtype, conv_impl, g_width=1024, d_width=64):
   encoder_widths = tuple(d_width * 2**i for i in range(4))  # 64x64 ... 8x8
   return (DCGANGenerator(image_shape, g_widths, output_conv3=True, dtype=dtype,
                          conv_impl=conv_impl),
-          ConvAutoEncoder(image_shape, encoder_widths, dtype=dtype, conv_impl=conv_impl))
+          ConvAutoEncoder(image_shape, encoder_widths, head, dtype=dtype, conv_impl=conv_impl))
 
 
 def _mlp(image_shape, dtype, conv_impl, n_layer_g=5, size_g=1600, n_layer_d=2, size_d=1024,
@@ -401,9 +423,10 @@ FAMILIES: dict[str, Callable[..., tuple[nn.Module, nn.Module]]] = {
     "ladder": _ladder,
 }
 # What each family's D can output first (objectives.py, `d_head`): every D is an
-# auto-encoder; the mlp family's D can end in one logit instead.
-D_HEADS = {**{family: ("reconstruction",) for family in FAMILIES},
-           "mlp": ("reconstruction", "logit")}
+# auto-encoder, and every encoder but the ladder network's can end in one logit instead
+# (the GAN baseline's D).
+D_HEADS = {**{family: ("reconstruction", "logit") for family in FAMILIES},
+           "ladder": ("reconstruction",)}
 
 
 def build_models(model_config, image_shape, compute_dtype: str = "float32",
@@ -419,7 +442,7 @@ def build_models(model_config, image_shape, compute_dtype: str = "float32",
     conv_impl: one of CONV_IMPLS; None (the default) takes
       `conv_impl_for(jax.default_backend())`. Either gives the same parameters.
     d_head: D's first output, one of `D_HEADS[family]`: "reconstruction" or,
-      for the mlp family, "logit" (the GAN objective's D).
+      for every family but the ladder, "logit" (the GAN objective's D).
   """
   fields = dict(model_config)
   family = fields.pop("family", None)
