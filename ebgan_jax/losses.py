@@ -59,6 +59,13 @@ def energy(x: jax.Array, x_rec: jax.Array, reduction: str = "mean") -> jax.Array
   return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, squared, 1.0)), 0.0)
 
 
+def l1_energy(x: jax.Array, x_rec: jax.Array) -> jax.Array:
+  """(N,) BEGAN's L(v) = |v - D(v)|^eta with eta = 1: the mean absolute error per pixel."""
+  if x.shape != x_rec.shape:
+    raise ValueError(f"x and x_rec must have the same shape, got {x.shape} and {x_rec.shape}")
+  return jnp.mean(jnp.abs(x_rec - x).reshape(x.shape[0], -1), axis=1)
+
+
 def margin_hinge(e: jax.Array, margin: float) -> jax.Array:
   """[m - e]^+ elementwise: apply it per sample, never to a batch mean."""
   return jnp.maximum(0.0, margin - e)
@@ -130,3 +137,41 @@ def ladder_energy(images: jax.Array, reconstruction: jax.Array, weight: jax.Arra
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """The mean softmax cross-entropy of integer `labels` under `logits`."""
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+# BEGAN (Berthelot, Schumm & Metz 2017, Sec. 3.3-3.4), L the per-sample l1_energy:
+#   L_D = L(x) - k_t L(G(z_D)),  L_G = L(G(z_G)),
+#   k_{t+1} = k_t + lambda_k (gamma L(x) - L(G(z_G))),  kept in [0, 1],
+#   M_global = L(x) + |gamma L(x) - L(G(z_G))|.
+
+
+def began_discriminator_loss(l_real: jax.Array, l_fake: jax.Array, k: jax.Array) -> jax.Array:
+  """L_D = mean L(x) - k_t mean L(G(z_D))."""
+  return jnp.mean(l_real) - k * jnp.mean(l_fake)
+
+
+def began_k(k: jax.Array, l_real: jax.Array, l_generated: jax.Array, gamma: jax.Array,
+            lambda_k: jax.Array) -> jax.Array:
+  """k_{t+1} from the step's mean L(x) and mean L(G(z_G)), clipped to [0, 1]: the paper
+  defines k_t in [0, 1] (its Sec. 3.4), as its public TensorFlow port clips it."""
+  return jnp.clip(k + lambda_k * (gamma * l_real - l_generated), 0.0, 1.0)
+
+
+def began_convergence(l_real: jax.Array, l_generated: jax.Array, gamma: jax.Array) -> jax.Array:
+  """M_global = L(x) + |gamma L(x) - L(G(z_G))|, from the step's mean energies."""
+  return l_real + jnp.abs(gamma * l_real - l_generated)
+
+
+def magan_margin(margin: jax.Array, real_mean: jax.Array, fake_mean: jax.Array,
+                 previous_fake_mean: jax.Array) -> jax.Array:
+  """MAGAN's margin after an epoch (Wang et al. 2017, Alg. 1 as its authors' code runs it),
+  from the epoch's mean real and fake energies and the previous epoch's mean fake energy:
+  it drops to the mean real energy when all three hold, else stays:
+    real < fake              D still tells the data from G's samples on average,
+    real < margin            the drop is a drop (the margin never rises),
+    fake > previous fake     G's energy did not fall: the margin holds G back.
+  Means over an epoch's equally many batches order like the paper's sums S_real, S_fake.
+  Pass previous_fake_mean = +inf when there is no previous epoch: no drop then.
+  """
+  drop = (real_mean < fake_mean) & (real_mean < margin) & (fake_mean > previous_fake_mean)
+  return jnp.where(drop, real_mean, margin)

@@ -26,11 +26,17 @@ checkpoints treat like the parameters:
                                              L_D over a batch pytree, D run by
                                              apply_d on each part it needs
   generator_loss(values, fake, d_fake)       L_G over D's outputs on G(z)
-  update(state, hparams, metrics, step) -> state
+  update(state, hparams, metrics, step) -> (state, metrics)
                                              after both nets' updates, from the
-                                             step's metrics; per-epoch logic is
-                                             a jnp.where on the (static) epoch
-                                             length, inside the jitted step
+                                             step's metrics: the state of the
+                                             next step and the metrics it adds
+                                             (BEGAN's M_global); per-epoch logic
+                                             is a jnp.where on the (static)
+                                             epoch length, inside the jitted step
+  trains_generator_now(values)               whether this step updates G: True,
+                                             or a traced bool (MAGAN's D trains
+                                             alone first); False skips G's update
+                                             with a lax.cond
   num_generated(batch)                       how many z a step draws
 
 Adding an objective is one class here, one entry in OBJECTIVES, a config and
@@ -131,9 +137,13 @@ class Stateless:
     return {}
 
   def update(self, state: ObjectiveState, hparams: HyperParameters, metrics: Metrics,
-             step: jax.Array) -> ObjectiveState:
+             step: jax.Array) -> tuple[ObjectiveState, Metrics]:
     del hparams, metrics, step
-    return state
+    return state, {}
+
+  def trains_generator_now(self, values: HyperParameters) -> bool | jax.Array:
+    del values
+    return True  # a Python bool: the step has no lax.cond
 
   def num_generated(self, batch: jax.Array) -> int:
     """As many z as real images."""
@@ -219,6 +229,153 @@ class GAN(Stateless):
   def generator_loss(self, values: HyperParameters, fake: jax.Array, d_fake: Outputs):
     del values, fake
     return losses.gan_generator_loss(d_fake[0]), {}
+
+
+@dataclasses.dataclass(frozen=True)
+class BEGAN(Stateless):
+  """BEGAN (Berthelot, Schumm & Metz 2017): D an auto-encoder with the L1 energy
+  L(v) = mean_pixels |v - D(v)|, L_D = L(x) - k_t L(G(z_D)), L_G = L(G(z_G)), and k_t
+  steered to the equilibrium gamma L(x) = L(G(z)) by a proportional controller
+  (losses.began_k). State: k_t, 0 at the start.
+
+  k_{t+1} reads the step's L(x) from the D update and L(G(z_G)) (L_G) from the G update,
+  the latter under the D just updated: the paper's pair of updates is simultaneous, the
+  step here alternates them. Metrics: k (the k_t of the step), m_global (M_global, the
+  paper's convergence measure).
+  """
+
+  name: ClassVar[str] = "began"
+  d_head: ClassVar[str] = "reconstruction"
+  trains_generator: ClassVar[bool] = True
+  hyperparameters: ClassVar[tuple[str, ...]] = ("gamma", "lambda_k")
+  metric_names: ClassVar[tuple[str, ...]] = ("energy_real", "energy_fake", "k", "m_global")
+
+  def init(self, hparams: HyperParameters) -> ObjectiveState:
+    del hparams
+    return {"k": jnp.zeros((), jnp.float32)}
+
+  def values(self, hparams: HyperParameters, state: ObjectiveState,
+             step: jax.Array) -> HyperParameters:
+    del step
+    return {**hparams, "k": state["k"]}
+
+  def discriminator_loss(self, values: HyperParameters, batch: jax.Array, fake: jax.Array,
+                         apply_d: ApplyD, batch_stats, key: jax.Array):
+    d_real, d_fake, batch_stats = real_and_fake(batch, fake, apply_d, batch_stats, key)
+    l_real = losses.l1_energy(batch, d_real[0])
+    l_fake = losses.l1_energy(fake, d_fake[0])
+    metrics = {"energy_real": jnp.mean(l_real), "energy_fake": jnp.mean(l_fake),
+               "k": values["k"]}
+    return losses.began_discriminator_loss(l_real, l_fake, values["k"]), (batch_stats, metrics)
+
+  def generator_loss(self, values: HyperParameters, fake: jax.Array, d_fake: Outputs):
+    del values
+    return jnp.mean(losses.l1_energy(fake, d_fake[0])), {}
+
+  def update(self, state: ObjectiveState, hparams: HyperParameters, metrics: Metrics,
+             step: jax.Array) -> tuple[ObjectiveState, Metrics]:
+    del step
+    l_real, l_generated = metrics["energy_real"], metrics["g_loss"]
+    k = losses.began_k(state["k"], l_real, l_generated, hparams["gamma"], hparams["lambda_k"])
+    return {"k": k}, {"m_global": losses.began_convergence(l_real, l_generated, hparams["gamma"])}
+
+
+# Before MAGAN's first epoch end there is no previous fake energy: a finite stand-in
+# that no mean energy exceeds (the trainer stops on non-finite state).
+_NO_PREVIOUS = float(np.finfo(np.float32).max)
+
+
+@dataclasses.dataclass(frozen=True)
+class MAGAN(EBGAN):
+  """MAGAN (Wang, Cully, Chang & Demiris 2017): EBGAN's hinge with a margin that adapts.
+
+  For its first `pretrain_epochs` epochs of `steps_per_epoch` steps D trains alone as
+  an auto-encoder of the data (the margin is 0, so L_D = mean E(x); G's update is
+  skipped, its losses read 0); the margin then starts at the mean real energy of the
+  last of those epochs, and after each later epoch losses.magan_margin may lower it to
+  that epoch's mean real energy. G's loss is EBGAN's (lambda_pt 0 is the paper's).
+  State: the margin, the epoch's energy sums and the previous epoch's mean fake energy.
+  Metrics: margin, the one this step's hinge used; energy_generated, E(G(z_G)) under
+  the D just updated (what the fake sums add up).
+
+  Where this follows the authors' code (gan_release.py) rather than the paper: the
+  energies summed are batch means, the fake one E(G(z_G)) of G's update; no update
+  follows the first adversarial epoch. It differs from that code in two places: the
+  margin starts from the last pre-training epoch's energies, measured while D trains on
+  them (the code spends one more epoch measuring without training), and the second
+  epoch end compares the fake sums (a Python 2 list-to-float comparison makes the
+  code's first comparison always true).
+  """
+
+  pretrain_epochs: int = 2
+  steps_per_epoch: int = 937
+
+  name: ClassVar[str] = "magan"
+  metric_names: ClassVar[tuple[str, ...]] = (*EBGAN.metric_names, "energy_generated", "margin")
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.pretrain_epochs < 1 or self.steps_per_epoch < 1:
+      raise ValueError(f"MAGAN needs magan_pretrain_epochs >= 1 (its margin starts at the "
+                       f"pre-trained D's real energy) and steps_per_epoch >= 1, got "
+                       f"{self.pretrain_epochs} and {self.steps_per_epoch}")
+    if self.margin_schedule.kind != "constant":
+      raise ValueError(f"MAGAN adapts its margin itself: set margin_schedule='constant', got "
+                       f"{self.margin_schedule.kind!r}")
+
+  @property
+  def hyperparameters(self) -> tuple[str, ...]:
+    return ("lambda_pt",)
+
+  @property
+  def pretrain_steps(self) -> int:
+    return self.pretrain_epochs * self.steps_per_epoch
+
+  @classmethod
+  def from_config(cls, config) -> "MAGAN":
+    return cls(reduction=config.energy_reduction,
+               margin_schedule=MarginSchedule.from_config(config),
+               pretrain_epochs=int(config.magan_pretrain_epochs),
+               steps_per_epoch=int(config.steps_per_epoch))
+
+  def init(self, hparams: HyperParameters) -> ObjectiveState:
+    del hparams
+    # One array per leaf: the step donates its state, and a buffer can be donated once.
+    return {"margin": jnp.zeros(()), "real_sum": jnp.zeros(()), "fake_sum": jnp.zeros(()),
+            "previous_fake": jnp.full((), _NO_PREVIOUS, jnp.float32)}
+
+  def values(self, hparams: HyperParameters, state: ObjectiveState,
+             step: jax.Array) -> HyperParameters:
+    adversarial = step >= self.pretrain_steps
+    return {**hparams, "margin": jnp.where(adversarial, state["margin"], 0.0),
+            "adversarial": adversarial}
+
+  def trains_generator_now(self, values: HyperParameters) -> jax.Array:
+    return values["adversarial"]
+
+  def generator_loss(self, values: HyperParameters, fake: jax.Array, d_fake: Outputs):
+    loss, metrics = super().generator_loss(values, fake, d_fake)
+    # The energy part of L_G again: XLA computes it once.
+    e_fake = losses.energy(fake, d_fake[0], self.reduction)
+    return loss, {**metrics, "energy_generated": jnp.mean(e_fake)}
+
+  def update(self, state: ObjectiveState, hparams: HyperParameters, metrics: Metrics,
+             step: jax.Array) -> tuple[ObjectiveState, Metrics]:
+    adversarial = step >= self.pretrain_steps
+    real_sum = state["real_sum"] + metrics["energy_real"]
+    fake_sum = state["fake_sum"] + metrics["energy_generated"]
+    real_mean, fake_mean = real_sum / self.steps_per_epoch, fake_sum / self.steps_per_epoch
+    epoch_end = (step + 1) % self.steps_per_epoch == 0
+    adapted = losses.magan_margin(state["margin"], real_mean, fake_mean, state["previous_fake"])
+    margin = jnp.where(step == self.pretrain_steps - 1, real_mean,
+                       jnp.where(epoch_end & adversarial, adapted, state["margin"]))
+    new_state = {
+        "margin": margin,
+        "real_sum": jnp.where(epoch_end, 0.0, real_sum),
+        "fake_sum": jnp.where(epoch_end, 0.0, fake_sum),
+        "previous_fake": jnp.where(epoch_end & adversarial, fake_mean, state["previous_fake"]),
+    }
+    return new_state, {"margin": self.values(hparams, state, step)["margin"]}
 
 
 # The semi-supervised batch (the paper's Sec. 4.2): "labelled" (n_l, H, W, C) with
@@ -314,7 +471,8 @@ class LadderEBGAN(Ladder):
     return jnp.mean(losses.ladder_energy(fake, d_fake[0], values["reconstruction_weight"])), {}
 
 
-OBJECTIVES = {objective.name: objective for objective in (EBGAN, GAN, Ladder, LadderEBGAN)}
+OBJECTIVES = {objective.name: objective
+              for objective in (EBGAN, GAN, BEGAN, MAGAN, Ladder, LadderEBGAN)}
 
 
 def from_config(config):

@@ -167,10 +167,13 @@ def train_step(state: GANState, batch, hparams: objectives.HyperParameters, *,
   `hparams` holds the objective's hyperparameters as scalars; its `values` give
   what this step's losses read (EBGAN: the margin of its schedule), from them,
   the objective's state and the step. An objective with `trains_generator`
-  False (the ladder network alone) makes this one D update on the batch.
+  False (the ladder network alone) makes this one D update on the batch; one whose
+  `trains_generator_now` is a traced bool (MAGAN while D pre-trains) skips G's update
+  where it is False.
   Metrics: d_loss and g_loss (with a G update), and the objective's
   metric_names (EBGAN: energy_real, energy_fake, hinge_active, the fraction
-  of fakes with E < m, from the D update; pt from the G update).
+  of fakes with E < m, from the D update; pt from the G update; BEGAN's
+  m_global from its state update).
   """
   step_key = jax.random.fold_in(state.key, state.step)
   z_d_key, z_g_key, dropout_d_key, dropout_g_key = jax.random.split(step_key, 4)
@@ -181,11 +184,35 @@ def train_step(state: GANState, batch, hparams: objectives.HyperParameters, *,
       state, batch, sample_z(z_d_key, n, state.z_dim) if trains_generator else None,
       dropout_d_key, values, objective=objective)
   if trains_generator:
-    state, g_metrics = update_generator(
-        state, sample_z(z_g_key, n, state.z_dim), dropout_g_key, values, objective=objective)
+    z_g = sample_z(z_g_key, n, state.z_dim)
+    state, g_metrics = _maybe(objective.trains_generator_now(values), functools.partial(
+        update_generator, z=z_g, dropout_key=dropout_g_key, values=values,
+        objective=objective), state)
     metrics = {**metrics, **g_metrics}
-  objective_state = objective.update(state.objective_state, hparams, metrics, state.step)
-  return state.replace(step=state.step + 1, objective_state=objective_state), metrics
+  objective_state, objective_metrics = objective.update(
+      state.objective_state, hparams, metrics, state.step)
+  return (state.replace(step=state.step + 1, objective_state=objective_state),
+          {**metrics, **objective_metrics})
+
+
+def _maybe(active, update: Callable[[GANState], tuple[GANState, Metrics]],
+           state: GANState) -> tuple[GANState, Metrics]:
+  """update(state) if `active` (True, or a traced bool), else the state as it is with
+  the update's metrics all 0; a traced `active` becomes a lax.cond, which skips the
+  update's computation (under vmap, XLA computes both branches and selects)."""
+  if active is True:
+    return update(state)
+
+  def zeros(like: jax.ShapeDtypeStruct) -> jax.Array:
+    # Inside shard_map (populations) the update's metrics vary over the member axis, and
+    # cond's branches must agree on that too.
+    varying = tuple(like.manual_axis_type.varying) if like.manual_axis_type else ()
+    zero = jnp.zeros(like.shape, like.dtype)
+    return jax.lax.pcast(zero, varying, to="varying") if varying else zero
+
+  def skip(state):
+    return state, jax.tree.map(zeros, jax.eval_shape(update, state)[1])
+  return jax.lax.cond(active, update, skip, state)
 
 
 def multi_step(state: GANState, batches, hparams: objectives.HyperParameters, *,

@@ -31,7 +31,7 @@ class CountingEBGAN(objectives.EBGAN):
   def update(self, state, hparams, metrics, step):
     del hparams, step
     return {"steps": state["steps"] + 1,
-            "energy_sum": state["energy_sum"] + metrics["energy_real"]}
+            "energy_sum": state["energy_sum"] + metrics["energy_real"]}, {}
 
 
 objectives.OBJECTIVES[CountingEBGAN.name] = CountingEBGAN

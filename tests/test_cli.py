@@ -124,9 +124,10 @@ def write_config(tmp_path, body):
     ([], {"EBGAN_DISTRIBUTED": "1", "EBGAN_PROCESS_ID": "x"},
      "EBGAN_PROCESS_ID must be a non-negative integer, got 'x'"),
     (["--config.batch_size=1"], {}, "batch_size must be >= 2"),
-    (["--config.objective=wgan"], {}, "unknown objective 'wgan'; known objectives: ebgan, gan"),
-    (["--config.objective=gan", "--config.model.family=conv28"],
-     {}, "model family 'conv28' has no D with a 'logit' output"),
+    (["--config.objective=wgan"], {},
+     "unknown objective 'wgan'; known objectives: ebgan, gan, began, magan"),
+    (["--config.objective=gan", "--config.model.family=ladder"],
+     {}, "model family 'ladder' has no D with a 'logit' output"),
     (["--config.optim_d.kind=rmsprop"], {},
      "optimizer kind must be one of ('adam', 'sgd'), got 'rmsprop'"),
 ])

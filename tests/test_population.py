@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ebgan_jax import (checkpoint, data, population as population_lib, state as state_lib,
-                       train)
+from ebgan_jax import (checkpoint, data, objectives, population as population_lib,
+                       state as state_lib, train)
 from experiments import trainer
 from experiments.configs import mnist_conv, tiny
 from tests import data_fixtures, multidevice, stateful_objective  # noqa: F401 (registers it)
@@ -20,6 +20,11 @@ EBGAN_MEMBERS = [  # three members that differ in every setting; two share a see
     {"seed": 0, "margin": 1.0, "lambda_pt": 1.0, "lr_g": 4e-4, "lr_d": 1e-4},
 ]
 GAN_MEMBERS = [{"seed": 0, "lr_g": 1e-3, "lr_d": 1e-3}, {"seed": 2, "lr_g": 1e-2, "lr_d": 1e-4}]
+# lambda_k large enough that k_t leaves 0 within the few steps.
+BEGAN_MEMBERS = [{"seed": 0, "gamma": 0.5, "lambda_k": 0.5, "lr_g": 2e-4, "lr_d": 2e-4},
+                 {"seed": 1, "gamma": 2.0, "lambda_k": 1.0, "lr_g": 1e-3, "lr_d": 1e-4}]
+MAGAN_MEMBERS = [{"seed": 0, "lambda_pt": 0.0, "lr_g": 2e-4, "lr_d": 2e-4},
+                 {"seed": 1, "lambda_pt": 0.1, "lr_g": 1e-3, "lr_d": 1e-4}]
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +43,8 @@ def _config(idx_dir, objective="ebgan", family="mlp", optimizers=("adam", "adam"
   config.optim_d.kind, config.optim_g.kind = optimizers
   if objective == "gan":
     config.model.dropout_d = 0.5  # dropout keys under the population's map, too
+  # One-step epochs: D pre-trains at step 0, the margin may adapt from step 2 on.
+  config.steps_per_epoch, config.magan_pretrain_epochs = 1, 1
   # Rounding differs between the population's and the single step; Adam's eps 1e-8
   # would amplify it to +-lr (see multidevice.tolerant_adam).
   return multidevice.tolerant_adam(config)
@@ -47,8 +54,8 @@ def _member_config(config, member):
   """A member's settings as a single run's config."""
   config = config.copy_and_resolve_references()
   config.seed = member["seed"]
-  for name in ("margin", "lambda_pt", "margin_end"):
-    config[name] = member.get(name, config[name])
+  for name in objectives.from_config(config).hyperparameters:
+    config[name] = member[name]
   config.optim_g.learning_rate, config.optim_d.learning_rate = member["lr_g"], member["lr_d"]
   return config
 
@@ -82,8 +89,12 @@ def _learned(state):
     # BatchNorm in both nets and convolutions; kept small (conv28 compiles slowly), under
     # the CPU's member map.
     ("ebgan", "conv28", ("adam", "adam"), EBGAN_MEMBERS[:2], "sequential"),
-    # An objective that carries state (tests/stateful_objective.py).
+    # Objectives that carry state: a toy one (tests/stateful_objective.py), BEGAN's k_t,
+    # MAGAN's margin and its pre-training (G's update under a lax.cond).
     ("counting_ebgan", "mlp", ("adam", "adam"), EBGAN_MEMBERS, "vmap"),
+    ("began", "mlp", ("adam", "adam"), BEGAN_MEMBERS, "vmap"),
+    ("magan", "mlp", ("adam", "adam"), MAGAN_MEMBERS, "vmap"),
+    ("magan", "mlp", ("adam", "adam"), MAGAN_MEMBERS, "sequential"),
 ])
 def test_each_member_is_the_single_run_with_its_settings(idx_dir, objective, family, optimizers,
                                                          members, member_map):
