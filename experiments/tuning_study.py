@@ -18,6 +18,9 @@ studies:
   lr_ratio   "mean" energy, margin x lr_G / lr_D in {2, 5} (lr_D fixed), lambda_pt 0.1
   norm       the paper's "norm" energy ||r|| (Eq. 13) and its scale of margins
   stacked    stacked Fashion-MNIST (1000 modes), lambda_pt x seeds at margin 0.3
+  objective_NAME, stacked_objective_NAME
+             the comparison of docs/objectives.md: the objective NAME (ebgan, gan,
+             began, magan) at its config's settings (fashion_conv.py:NAME), x seeds
 
 Each member is then scored by ebgan_jax.evaluation (the cached Fashion-MNIST
 classifier) on --eval_samples samples; so are the training images and the
@@ -37,9 +40,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from ebgan_jax import data, evaluation
+from ebgan_jax import data, evaluation, objectives
 from experiments import cli, trainer
-from experiments.configs import fashion_conv, stacked_mnist_conv
+from experiments.configs import fashion_conv, mnist_conv, stacked_mnist_conv
 
 MARGINS = (0.1, 0.2, 0.3, 0.5, 1.0)
 # ||r|| = 28 sqrt(mean r^2) for 28x28 images: 5 to 28 spans the "mean" grid's
@@ -49,10 +52,23 @@ NORM_MARGINS = (5.0, 10.0, 15.0, 20.0, 28.0)
 GRID_SAMPLES = 64
 
 
+def objective_setting(objective: str) -> dict:
+  """The settings of a member (no seed) that the config variant `objective` gives."""
+  config = fashion_conv.get_config(objective)
+  hparams = objectives.hyperparameters(objectives.from_config(config), config)
+  return {"lr_g": config.optim_g.learning_rate, "lr_d": config.optim_d.learning_rate, **hparams}
+
+
 def studies(base_lr: float) -> dict[str, tuple[dict, list[dict], int]]:
   """name -> (config overrides, settings without seed, default seeds)."""
   def setting(margin, lambda_pt=0.1, ratio=1.0):
     return {"margin": margin, "lambda_pt": lambda_pt, "lr_g": ratio * base_lr, "lr_d": base_lr}
+  comparison = {}
+  for objective in mnist_conv.OBJECTIVE_VARIANTS:
+    comparison[f"objective_{objective}"] = (
+        {"objective": objective}, [objective_setting(objective)], 3)
+    comparison[f"stacked_objective_{objective}"] = (
+        {"objective": objective, "stacked": True}, [objective_setting(objective)], 3)
   return {
       "margin_pt": ({}, [setting(m, pt) for m, pt in itertools.product(MARGINS, (0.0, 0.1, 1.0))],
                     3),
@@ -60,6 +76,7 @@ def studies(base_lr: float) -> dict[str, tuple[dict, list[dict], int]]:
                    2),
       "norm": ({"energy_reduction": "norm"}, [setting(m) for m in NORM_MARGINS], 2),
       "stacked": ({"stacked": True}, [setting(0.3, pt) for pt in (0.0, 0.1, 1.0)], 3),
+      **comparison,
   }
 
 
@@ -80,11 +97,12 @@ def define_flags() -> None:
 
 def make_config(overrides: dict, idx_dir: str, classifier_dir: str | None,
                 eval_samples: int) -> ml_collections.ConfigDict:
+  objective = overrides.get("objective", "ebgan")
   if overrides.get("stacked"):
-    config = stacked_mnist_conv.get_config()
+    config = stacked_mnist_conv.get_config(objective)
     config.dataset = "fashion_mnist"  # the digits of the stack, and the classifier
   else:
-    config = fashion_conv.get_config()
+    config = fashion_conv.get_config(objective)
   config.idx_dir = idx_dir
   if classifier_dir:
     config.eval.classifier_dir = classifier_dir
@@ -126,7 +144,8 @@ def run_study(name: str, config, evaluator: evaluation.Evaluator, references: di
     state = population.member(i)
     grids[f"{name}/{i}"] = evaluation.generate_images(state, grid_key, GRID_SAMPLES)
     rows.append({
-        "study": name, "member": i, "energy": config.energy_reduction, **member,
+        "study": name, "member": i, "objective": config.objective,
+        "energy": config.energy_reduction, **member,
         "lr_ratio": member["lr_g"] / member["lr_d"], "steps": int(state.step),
         "population_size": len(members), "train_s": round(train_s, 1),
         **{f"train_{k}": float(np.mean(v[i, -tail:])) for k, v in history.items()},

@@ -17,7 +17,7 @@ from experiments.configs import mnist_conv
 NUM_VALUES = 64 * 64 * 3
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(objective: str = "ebgan") -> ml_collections.ConfigDict:
   config = mnist_conv.get_config()
 
   # Data (ebgan_jax/data/photos.py: photographs are center-cropped, then resized with
@@ -59,6 +59,8 @@ def get_config() -> ml_collections.ConfigDict:
   # checkpoint is larger, and slower to write, than a 28x28 one); every
   # interval is a multiple of steps_per_call (20).
   config.num_steps = 50_000
+  config.steps_per_epoch = 2_543
   config.sample_every = 2_000
   config.checkpoint_every = 2_000
+  mnist_conv.use_objective(config, objective)
   return config

@@ -6,7 +6,8 @@ Write the folder once (about 75 s on 2 cores), then point image_dir at it:
   python -m experiments.mnist_ebgan --config=experiments/configs/fashion_rgb64.py \
       --config.image_dir=/tmp/fashion_rgb64 --workdir=/tmp/ebgan_fashion_rgb64
 
-Its train/ and test/ subfolders are the splits (60,000 and 10,000 images).
+Its train/ and test/ subfolders are the splits (60,000 and 10,000 images). The argument
+picks the objective, e.g. DCGAN beside EBGAN-PT: --config=experiments/configs/fashion_rgb64.py:gan
 """
 
 import ml_collections
@@ -14,8 +15,8 @@ import ml_collections
 from experiments.configs import celeba64
 
 
-def get_config() -> ml_collections.ConfigDict:
-  config = celeba64.get_config()
+def get_config(objective: str = "ebgan") -> ml_collections.ConfigDict:
+  config = celeba64.get_config(objective)
   # The data set's name (e.g. the evaluation's classifier cache); the images
   # come from image_dir, which the user sets.
   config.dataset = "fashion_rgb64"
@@ -30,4 +31,5 @@ def get_config() -> ml_collections.ConfigDict:
 
   # 937 batches of 64 per epoch: 20,000 steps are about 21 epochs.
   config.num_steps = 20_000
+  config.steps_per_epoch = 937
   return config

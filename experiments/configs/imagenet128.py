@@ -15,8 +15,8 @@ from experiments.configs import celeba64
 NUM_VALUES = 128 * 128 * 3
 
 
-def get_config() -> ml_collections.ConfigDict:
-  config = celeba64.get_config()
+def get_config(objective: str = "ebgan") -> ml_collections.ConfigDict:
+  config = celeba64.get_config(objective)
   config.dataset = "imagenet2012"
   config.image_shape = (128, 128, 3)
   config.crop = 0  # no fixed crop: the largest centered square of each image
@@ -38,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # 20,018 batches of 64 per epoch (1,281,167 images): 200,000 steps are about 10 epochs.
   config.num_steps = 200_000
+  config.steps_per_epoch = 20_018
   config.sample_every = 5_000
   config.checkpoint_every = 5_000
   return config

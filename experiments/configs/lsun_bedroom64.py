@@ -10,8 +10,8 @@ import ml_collections
 from experiments.configs import celeba64
 
 
-def get_config() -> ml_collections.ConfigDict:
-  config = celeba64.get_config()
+def get_config(objective: str = "ebgan") -> ml_collections.ConfigDict:
+  config = celeba64.get_config(objective)
   config.dataset = "lsun/bedroom"
   config.crop = 0  # no fixed crop: the largest centered square of each image
   config.resize = True  # of every size: resized to image_shape
@@ -27,4 +27,5 @@ def get_config() -> ml_collections.ConfigDict:
 
   # 47,391 batches of 64 per epoch: 100,000 steps are about two epochs.
   config.num_steps = 100_000
+  config.steps_per_epoch = 47_391
   return config

@@ -16,7 +16,27 @@ def add_photograph_fields(config: ml_collections.ConfigDict) -> None:
   config.tfds_splits = ml_collections.ConfigDict()  # pipeline split -> tfds split, if they differ
 
 
-def get_config() -> ml_collections.ConfigDict:
+# The objectives a config can be run with, as its argument (--config=...fashion_conv.py:began),
+# each with the settings that differ from EBGAN's (docs/objectives.md).
+OBJECTIVE_VARIANTS = ("ebgan", "gan", "began", "magan")
+
+
+def use_objective(config: ml_collections.ConfigDict, objective: str) -> None:
+  """Sets config.objective to one of OBJECTIVE_VARIANTS, with the optimiser settings its
+  paper gives where they differ from this config's (which are tuned for EBGAN)."""
+  if objective not in OBJECTIVE_VARIANTS:
+    raise ValueError(f"unknown objective variant {objective!r}; the configs offer "
+                     f"{', '.join(OBJECTIVE_VARIANTS)}")
+  config.objective = objective
+  if objective == "gan":
+    # Radford et al.'s DCGAN setting, which the paper's baseline follows: 2e-4 for both.
+    config.optim_g.learning_rate = 2e-4
+    config.optim_d.learning_rate = 2e-4
+  elif objective == "magan":
+    config.lambda_pt = 0.0  # MAGAN has no pulling-away term
+
+
+def get_config(objective: str = "ebgan") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
   # Data: a tfds dataset by name, or the four IDX gz files from `idx_dir`
@@ -33,9 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict({"family": "conv28", "embedding_dim": 32})
   config.z_dim = 64
 
-  # The objective (objectives.py): "ebgan", or "gan", the paper's baseline
-  # (mlp family only: its D ends in one logit; margin and lambda_pt unused).
-  config.objective = "ebgan"
+  # The objective (objectives.py): "ebgan"; "gan", the paper's baseline (D's
+  # encoder ends in one logit; margin and lambda_pt unused); "began"; "magan".
+  # Set by get_config's argument (use_objective).
   # EBGAN objective (losses.py). m = 0.3, not the common 1: D's tanh output
   # bounds the energy of a flat grey image near 1, so m = 1 lets G settle on grey
   # (docs/tuning.md: FID ~550, every seed; 0.1 to 0.5 all work, 0.3 best).
@@ -50,6 +70,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.margin_end = 0.0
   config.margin_decay_steps = 0
   config.margin_decay_begin = 0
+  # BEGAN (objectives.BEGAN): gamma, the ratio E L(G(z)) / E L(x) that k_t steers to
+  # (the paper's diversity ratio: 0.5 its default, 0.3 to 0.7 shown), and lambda_k,
+  # the gain of k_t's controller (the paper's 0.001).
+  config.gamma = 0.5
+  config.lambda_k = 0.001
+  # MAGAN (objectives.MAGAN): D trains alone for magan_pretrain_epochs epochs of
+  # steps_per_epoch steps, then the margin adapts at each epoch end. Its authors' code
+  # pre-trains 2 epochs of runs of 200; 1 here, where runs are 10 to 20 epochs.
+  config.magan_pretrain_epochs = 1
+  config.steps_per_epoch = 937  # 60,000 training images in batches of 64
 
   # Adam per net: Radford et al.'s DCGAN setting, as in the paper, but G's
   # learning rate twice D's. docs/tuning.md: at margins 0.1 to 0.5, lr_G / lr_D
@@ -101,4 +131,5 @@ def get_config() -> ml_collections.ConfigDict:
   # losses stay float32); on CPU it is slower than "float32".
   config.compute_dtype = "float32"
 
+  use_objective(config, objective)
   return config
