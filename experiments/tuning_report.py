@@ -8,7 +8,8 @@ studies are merged) and writes to --out: results.csv (every member and
 reference, one row each), summary.md (one row per setting: mean and standard
 deviation over its seeds), fid_coverage.png (FID and coverage against the
 margin, per lambda_pt and lr_G / lr_D), norm.png, stacked_modes.png, and
-samples.png (the first seed's samples of chosen settings). Needs matplotlib.
+samples.png (the first seed's samples of chosen settings, and of each objective of
+the objective_NAME studies: docs/objectives.md). Needs matplotlib.
 """
 
 import collections
@@ -57,7 +58,7 @@ def group_settings(rows: list[dict]) -> dict[tuple, list[dict]]:
   groups = collections.defaultdict(list)
   for row in rows:
     if not is_reference(row):
-      groups[tuple(row[k] for k in SETTING)].append(row)
+      groups[tuple(row.get(k) for k in SETTING)].append(row)  # objectives: no margin
   return groups
 
 
@@ -72,7 +73,7 @@ def summary_table(rows: list[dict]) -> str:
             *(title for _, title, _ in COLUMNS)]
   lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
   for setting, members in group_settings(rows).items():
-    cells = [str(v) for v in setting] + [str(len(members))]
+    cells = ["" if v is None else str(v) for v in setting] + [str(len(members))]
     for key, _, fmt in COLUMNS:
       stats = mean_std(members, key)
       cells.append("" if stats is None else f"{fmt.format(stats[0])} ± {fmt.format(stats[1])}")
@@ -158,16 +159,28 @@ def plot_bars(groups: dict[tuple, list[dict]], key: str, label, title: str, path
   plt.close(fig)
 
 
-def sample_mosaic(rows: list[dict], samples: dict, path: str) -> list[str]:
-  """The first seed's 64 samples of each SAMPLE_SETTINGS entry, side by side."""
-  grids, captions = [], []
+def _sample_members(rows: list[dict]):
+  """(caption, member) of the first seed of each SAMPLE_SETTINGS entry, then of each
+  objective_NAME study."""
+  first_seeds = [r for r in rows if not is_reference(r) and r["seed"] == 0]
   for setting in SAMPLE_SETTINGS:
-    member = next((r for r in rows if not is_reference(r) and r["seed"] == 0
-                   and tuple(r[k] for k in SETTING) == setting), None)
-    key = member and f"{member['study']}/{member['member']}"
+    member = next((r for r in first_seeds if tuple(r.get(k) for k in SETTING) == setting),
+                  None)
+    if member:
+      yield f"margin {setting[2]}", member
+  for member in first_seeds:
+    if member["study"].startswith("objective_"):
+      yield member["objective"], member
+
+
+def sample_mosaic(rows: list[dict], samples: dict, path: str) -> list[str]:
+  """The 64 samples of each of _sample_members, side by side."""
+  grids, captions = [], []
+  for caption, member in _sample_members(rows):
+    key = f"{member['study']}/{member['member']}"
     if key in samples:
       grids.append(viz.image_grid(samples[key], columns=8))
-      captions.append(f"margin {setting[2]} (FID {member['fid']:.1f})")
+      captions.append(f"{caption} (FID {member['fid']:.1f})")
   if grids:
     gap = np.full((grids[0].shape[0], 8, grids[0].shape[2]), 255, np.uint8)
     mosaic = np.concatenate([x for g in grids for x in (g, gap)][:-1], axis=1)
@@ -195,7 +208,8 @@ def main(argv):
   write_csv(rows, os.path.join(out, "results.csv"))
   with open(os.path.join(out, "summary.md"), "w") as f:
     f.write(summary_table(rows))
-  plot_margins(rows, os.path.join(out, "fid_coverage.png"))
+  if any(row["study"] in ("margin_pt", "lr_ratio") for row in rows):
+    plot_margins(rows, os.path.join(out, "fid_coverage.png"))
   groups = group_settings(rows)
   norm = {s: m for s, m in groups.items() if s[0] == "norm"}
   if norm:
