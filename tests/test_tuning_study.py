@@ -82,3 +82,17 @@ def test_missing_classifier_fails_before_training(tmp_path):
   assert result.returncode == 2 and "Traceback" not in result.stderr
   assert "error: no trained classifier for 'fashion_mnist'" in result.stderr
   assert not (tmp_path / "out").exists()
+
+
+def test_the_objective_studies_train_each_config_variant_and_are_summarised():
+  # The members' settings are the variant config's (fashion_conv.py:NAME).
+  assert tuning_study.objective_setting("began") == {"lr_g": 4e-4, "lr_d": 2e-4, "gamma": 0.5,
+                                                     "lambda_k": 0.1}
+  assert tuning_study.objective_setting("gan") == {"lr_g": 2e-4, "lr_d": 2e-4}
+  rows = [{"study": f"objective_{name}", "member": i, "objective": name, "energy": "mean",
+           "lr_ratio": 1.0, "seed": i, "fid": fid} for name in ("gan", "began")
+          for i, fid in enumerate((10, 20))]
+  table = tuning_report.summary_table(rows).splitlines()
+  assert table[2].startswith("| objective_gan | mean |  |  | 1.0 | 2 | 15.0 ± 5.0 |")
+  shown = [(caption, row["member"]) for caption, row in tuning_report._sample_members(rows)]
+  assert shown == [("gan", 0), ("began", 0)]
