@@ -186,10 +186,12 @@ class Conv28Generator(nn.Module):
     return jnp.tanh(x).astype(jnp.float32)
 
 
-def _logit(embedding: jax.Array, dtype: Any) -> tuple[jax.Array, jax.Array]:
+def _logit(embedding: jax.Array, dtype: Any, name: str | None = "Logit"
+           ) -> tuple[jax.Array, jax.Array]:
   """The GAN baseline's head on an encoder: one logit per image from the embedding S,
-  (N,), in place of the decoder; S is returned beside it, as the decoders do."""
-  logit = nn.Dense(1, dtype=dtype, name="Logit")(embedding)[:, 0]
+  (N,), in place of the decoder; S is returned beside it, as the decoders do. (name
+  None: flax's own "Dense_N", the mlp D's name in its first checkpoints.)"""
+  logit = nn.Dense(1, dtype=dtype, name=name)(embedding)[:, 0]
   return logit.astype(jnp.float32), embedding.astype(jnp.float32)
 
 
@@ -262,8 +264,7 @@ class MLPDiscriminator(nn.Module):
       h = nn.Dropout(self.dropout_d, deterministic=not train)(h)
       h = nn.relu(nn.Dense(self.size_d, dtype=self.dtype)(h))
     if self.head == "logit":
-      logit = nn.Dense(1, dtype=self.dtype)(h)[:, 0]
-      return logit.astype(jnp.float32), h.astype(jnp.float32)
+      return _logit(h, self.dtype, name=None)
     reconstruction = jnp.tanh(nn.Dense(math.prod(self.image_shape), dtype=self.dtype)(h))
     return reconstruction.astype(jnp.float32).reshape(x.shape), h.astype(jnp.float32)
 
