@@ -30,6 +30,7 @@ import os
 import pathlib
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -132,54 +133,90 @@ def cross_entropy_loss(model: CNN, params, images, labels, dropout_key) -> jax.A
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
+@flax.struct.dataclass
+class Fitting:
+  """A classifier's training in progress: its TrainState (parameters, Adam's state, the
+  step) and the sum of the current epoch's batch losses. All `fit` needs to go on exactly."""
+
+  train: train_state.TrainState
+  epoch_loss_sum: jax.Array
+
+  @property
+  def params(self):
+    return self.train.params
+
+  @property
+  def step(self) -> int:
+    return int(self.train.step)
+
+
+def start_fitting(model: CNN, image_shape, *, total_steps: int, learning_rate: float,
+                  seed: int) -> Fitting:
+  """The fresh Fitting that `fit` starts from: initial parameters drawn from `seed`, Adam with
+  its learning rate cosine-decayed to 0 over `total_steps`."""
+  init_key, _ = jax.random.split(jax.random.PRNGKey(seed))
+  schedule = optax.cosine_decay_schedule(learning_rate, total_steps)
+  train = train_state.TrainState.create(
+      apply_fn=model.apply, params=init_params(model, tuple(image_shape), init_key),
+      tx=optax.adam(schedule))
+  return Fitting(train, jnp.zeros((), jnp.float32))
+
+
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
-def train_step(model: CNN, state: train_state.TrainState, images: jax.Array, labels: jax.Array,
-               dropout_key: jax.Array) -> tuple[train_state.TrainState, jax.Array]:
-  """One optimiser step on a batch; returns the new state and the batch loss."""
+def train_step(model: CNN, fitting: Fitting, images: jax.Array, labels: jax.Array,
+               dropout_key: jax.Array) -> Fitting:
+  """One optimiser step on a batch, its loss added to the epoch's sum."""
   loss, grads = jax.value_and_grad(
-      lambda params: cross_entropy_loss(model, params, images, labels, dropout_key))(state.params)
-  return state.apply_gradients(grads=grads), loss
+      lambda params: cross_entropy_loss(model, params, images, labels, dropout_key))(
+          fitting.train.params)
+  return Fitting(fitting.train.apply_gradients(grads=grads), fitting.epoch_loss_sum + loss)
 
 
 def fit(model: CNN, images: np.ndarray, labels: np.ndarray, *, num_epochs: int, batch_size: int,
-        learning_rate: float, seed: int,
-        on_epoch: Callable[[int, float], None] | None = None) -> dict:
-  """Trains the CNN with Adam, its learning rate cosine-decayed to 0; returns the params.
+        learning_rate: float, seed: int, start: Fitting | None = None,
+        on_epoch: Callable[[int, float, Fitting], None] | None = None,
+        stop: Callable[[], bool] = lambda: False) -> Fitting:
+  """Trains the CNN with Adam, its learning rate cosine-decayed to 0; returns the Fitting.
 
   Each epoch visits the examples in a fresh order drawn from `seed`; the last
-  partial batch is dropped.
+  partial batch is dropped. Training from a Fitting that `fit` returned
+  earlier (`start`, with the same arguments) goes on exactly where it stopped:
+  the orders and dropout keys are those of the run that never stopped.
 
   Args:
     model: the CNN.
     images: uint8 (N, H, W, C) images (or floats in [-1, 1]).
     labels: (N,) integer class labels in [0, model.num_classes).
     num_epochs, batch_size, learning_rate, seed: the training settings.
-    on_epoch: called with (epoch, mean training loss) after each epoch.
+    start: where to go on from (default: start_fitting's fresh one).
+    on_epoch: called after each epoch with (epoch, its mean training loss, the Fitting).
+    stop: polled after each step; True returns the Fitting of the step reached.
   """
   steps_per_epoch = len(images) // batch_size
   if steps_per_epoch < 1 or num_epochs < 1:
     raise ValueError(
         f"training needs num_epochs >= 1 and at least one batch of {batch_size} examples, got "
         f"num_epochs {num_epochs} and {len(images)} examples")
-  key = jax.random.PRNGKey(seed)
-  init_key, dropout_key = jax.random.split(key)
-  schedule = optax.cosine_decay_schedule(learning_rate, num_epochs * steps_per_epoch)
-  state = train_state.TrainState.create(
-      apply_fn=model.apply, params=init_params(model, images.shape[1:], init_key),
-      tx=optax.adam(schedule))
+  fitting = start or start_fitting(model, images.shape[1:], total_steps=num_epochs *
+                                   steps_per_epoch, learning_rate=learning_rate, seed=seed)
+  first_step = fitting.step
+  _, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
   rng = np.random.default_rng(seed)
   for epoch in range(num_epochs):
-    order = rng.permutation(len(images))
-    losses = []
-    for step in range(steps_per_epoch):
+    order = rng.permutation(len(images))  # drawn for every epoch, so resumed runs match
+    for step in range(max(0, first_step - epoch * steps_per_epoch), steps_per_epoch):
       batch = order[step * batch_size:(step + 1) * batch_size]
       step_key = jax.random.fold_in(dropout_key, epoch * steps_per_epoch + step)
-      state, loss = train_step(model, state, to_input(images[batch]), jnp.asarray(labels[batch]),
-                               step_key)
-      losses.append(loss)
-    if on_epoch is not None:
-      on_epoch(epoch + 1, float(jnp.mean(jnp.stack(losses))))
-  return jax.device_get(state.params)
+      fitting = train_step(model, fitting, to_input(images[batch]), jnp.asarray(labels[batch]),
+                           step_key)
+      if step == steps_per_epoch - 1:
+        mean_loss = float(fitting.epoch_loss_sum) / steps_per_epoch
+        fitting = fitting.replace(epoch_loss_sum=jnp.zeros_like(fitting.epoch_loss_sum))
+        if on_epoch is not None:
+          on_epoch(epoch + 1, mean_loss, fitting)
+      if stop():
+        return fitting
+  return fitting
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -16,12 +16,15 @@ its checkpoint is written) prints one line `stopped: ...` and exits with
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+import contextlib
 import re
+import signal
 import sys
+import threading
 from typing import NoReturn
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import logs
@@ -31,6 +34,9 @@ EXIT_DIVERGED = 3
 # A run stopped by a signal after saving exits with the shell's status of that signal,
 # 128 + its number: SIGINT 130, SIGUSR1 138, SIGTERM 143.
 EXIT_SIGNAL_BASE = 128
+# What stops a run with a checkpoint: SLURM's and TPU VMs' preemption (SIGTERM; SLURM's
+# early warning, --signal=USR1@...), and Ctrl-C.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
 class Stopped(Exception):
@@ -39,6 +45,38 @@ class Stopped(Exception):
   def __init__(self, message: str, signum: int):
     super().__init__(message)
     self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[list[int]]:
+  """While training: a list that receives the first of STOP_SIGNALS to arrive.
+
+  The training loop polls it between calls, saves and raises Stopped. Later
+  signals are logged and ignored, so that the checkpoint being written
+  completes (orbax writes each one atomically: a kill leaves the newest whole
+  one). Outside the main thread, where Python cannot handle signals, the list
+  stays empty.
+  """
+  received = []
+
+  def handler(signum, frame):
+    del frame
+    name = signal.Signals(signum).name
+    if received:
+      logging.warning("%s: already stopping; the checkpoint is being written", name)
+      return
+    received.append(signum)
+    logging.warning("%s: finishing the call in flight, then saving a checkpoint", name)
+
+  if threading.current_thread() is not threading.main_thread():
+    yield received
+    return
+  previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+  try:
+    yield received
+  finally:
+    for signum, old_handler in previous.items():
+      signal.signal(signum, old_handler)
 
 
 _config_flags: list[flags.FlagHolder] = []

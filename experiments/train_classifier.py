@@ -24,12 +24,16 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import pathlib
+import shutil
+import signal
+from typing import NoReturn
 
 from absl import flags, logging
 import jax
 import ml_collections
 
-from ebgan_jax import classifier as classifier_lib, data, evaluation
+from ebgan_jax import checkpoint, classifier as classifier_lib, data, evaluation
 from experiments import cli
 from experiments.configs import classifier_images
 
@@ -109,24 +113,86 @@ def _cached(config: ml_collections.ConfigDict, directory) -> classifier_lib.Clas
   return cached
 
 
+def _training_manager(directory: pathlib.Path):
+  """The checkpoints of a classifier's training in progress, beside where it will be saved."""
+  return checkpoint.create_manager(str(directory.parent / f"{directory.name}.training"), keep=1)
+
+
+def _resume(config, manager, start: classifier_lib.Fitting) -> classifier_lib.Fitting | None:
+  """The Fitting of a stopped training of this config's classifier; None when there is none."""
+  step = manager.latest_step()
+  if step is None:
+    return None
+  saved = checkpoint.saved_config(manager, step)
+  if saved != json.loads(json.dumps(_recipe(config))):
+    raise ConfigError(
+        f"{manager.directory} holds a stopped training of another classifier ({saved}); "
+        f"finish it with its settings, or delete that directory to train {_recipe(config)}")
+  logging.info("Resuming the classifier's training at step %d from %s", step, manager.directory)
+  return checkpoint.restore(manager, start, step)
+
+
 def _train(config: ml_collections.ConfigDict, directory) -> classifier_lib.Classifier:
-  """Trains config's classifier, measures its test accuracy and saves it to directory."""
+  """Trains config's classifier, measures its test accuracy and saves it to directory.
+
+  Each epoch's end and a STOP_SIGNAL save the training in progress (cli.Stopped
+  follows the signal's); the same call goes on from the newest such checkpoint.
+  """
   train_images, train_labels = _load_split(config, "train")
   test_images, test_labels = _load_split(config, "test")
+  model = classifier_lib.create_model(config.model)
+  total_steps = config.num_epochs * (len(train_images) // config.batch_size)
+  manager = _training_manager(directory)
+  recipe = ml_collections.ConfigDict(_recipe(config))
+  fitting = classifier_lib.start_fitting(
+      model, config.image_shape, total_steps=total_steps, learning_rate=config.learning_rate,
+      seed=config.seed)
+  fitting = _resume(config, manager, fitting) or fitting
   logging.info("Training the %s classifier on %d images of %s", config.dataset,
                len(train_images), data.source_name(config))
-  model = classifier_lib.create_model(config.model)
-  params = classifier_lib.fit(
-      model, train_images, train_labels, num_epochs=config.num_epochs,
-      batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed,
-      on_epoch=lambda epoch, loss: logging.info("epoch %d: training loss %.4f", epoch, loss))
-  metadata = {**_recipe(config), "num_train": len(train_images), "num_test": len(test_images),
-              "test_accuracy": classifier_lib.accuracy(model, params, test_images, test_labels)}
-  try:
-    return classifier_lib.save(directory, params, metadata)
-  except OSError as e:
-    raise ConfigError(f"cannot write the classifier to {directory} ({e}); pass a "
-                      "--config.cache_dir you can write to") from None
+
+  def save_progress(fitting):
+    if manager.latest_step() != fitting.step:
+      checkpoint.save(manager, fitting, recipe, fitting.step)
+
+  def on_epoch(epoch, loss, fitting):
+    logging.info("epoch %d: training loss %.4f", epoch, loss)
+    if epoch < config.num_epochs:
+      save_progress(fitting)
+
+  with cli.stop_signals() as received:
+    try:
+      fitting = classifier_lib.fit(
+          model, train_images, train_labels, num_epochs=config.num_epochs,
+          batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed,
+          start=fitting, on_epoch=on_epoch, stop=lambda: bool(received))
+    except ValueError as e:  # too few images for a batch
+      raise ConfigError(str(e)) from None
+    if fitting.step < total_steps:
+      save_progress(fitting)
+      manager.wait_until_finished()
+      _stopped(received[0], f"classifier training saved at step {fitting.step} of "
+               f"{total_steps} to {manager.directory}")
+    params = jax.device_get(fitting.params)
+    metadata = {**_recipe(config), "num_train": len(train_images),
+                "num_test": len(test_images),
+                "test_accuracy": classifier_lib.accuracy(model, params, test_images, test_labels)}
+    try:
+      saved = classifier_lib.save(directory, params, metadata)
+    except OSError as e:
+      raise ConfigError(f"cannot write the classifier to {directory} ({e}); pass a "
+                        "--config.cache_dir you can write to") from None
+    manager.wait_until_finished()
+    shutil.rmtree(manager.directory, ignore_errors=True)
+    if received:  # it finished meanwhile; the signal still stops the program
+      _stopped(received[0], f"the classifier is trained and saved to {directory}")
+  return saved
+
+
+def _stopped(signum: int, what: str) -> NoReturn:
+  name = signal.Signals(signum).name
+  logging.info("%s: stopped, %s", name, what)
+  raise cli.Stopped(f"{name}: {what}; run the same command to go on", signum)
 
 
 def train_and_save(config: ml_collections.ConfigDict) -> dict:

@@ -8,14 +8,12 @@ checkpoint in `workdir/checkpoints`; `sample(config, workdir)` writes
 experiments.semi_supervised passes EBGAN-LN's.
 """
 
-import contextlib
 import dataclasses
 import json
 import math
 import os
 import signal
 import tempfile
-import threading
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -291,41 +289,6 @@ class _Run:
   last_saved: int | None = None
 
 
-# What stops a run with a checkpoint: SLURM's and TPU VMs' preemption (SIGTERM; SLURM's
-# early warning, --signal=USR1@...), and Ctrl-C.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-
-
-@contextlib.contextmanager
-def _stop_signals():
-  """While training: a list that receives the first of STOP_SIGNALS to arrive.
-
-  Later signals are logged and ignored, so that the checkpoint being written
-  completes (orbax writes each one atomically: a kill leaves the newest whole one).
-  Outside the main thread, where Python cannot handle signals, the list stays empty.
-  """
-  received = []
-
-  def handler(signum, frame):
-    del frame
-    name = signal.Signals(signum).name
-    if received:
-      logging.warning("%s: already stopping; the checkpoint is being written", name)
-      return
-    received.append(signum)
-    logging.warning("%s: finishing the call in flight, then saving a checkpoint", name)
-
-  if threading.current_thread() is not threading.main_thread():
-    yield received
-    return
-  previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
-  try:
-    yield received
-  finally:
-    for signum, old_handler in previous.items():
-      signal.signal(signum, old_handler)
-
-
 def _agreed_signal(received: list[int]) -> int | None:
   """The signal every process stops on, or None: a signal any process received, so that all
   save the same step (one small collective per call when there are several processes)."""
@@ -339,9 +302,9 @@ def _train_loop(config, run: _Run, start_step: int, manager, after_call, saved_c
   """The one host loop, for single runs and populations alike: calls of config.steps_per_call
   steps (_call_sizes), batches stacked on the host and prefetched to the devices, the
   config.train_seconds budget, and a checkpoint every config.checkpoint_every steps, at
-  config.num_steps, when the budget is spent and when a STOP_SIGNAL arrives (none without
-  a `manager`). A signal ends the call in flight, saves it, waits for the checkpoint and
-  raises cli.Stopped.
+  config.num_steps, when the budget is spent and when one of cli.STOP_SIGNALS arrives (none
+  without a `manager`). A signal ends the call in flight, saves it, waits for the checkpoint
+  and raises cli.Stopped.
 
   `after_call(step, state, metrics, saving)` runs after every call, before its
   checkpoint (`saving`: one follows); it logs, draws and evaluates. Returns the state
@@ -352,7 +315,7 @@ def _train_loop(config, run: _Run, start_step: int, manager, after_call, saved_c
   state, step, in_flight = run.state, start_step, None
   host_calls = _host_calls(run.batches, _call_sizes(start_step, config))
   calls = train.prefetch((size, run.to_device(size, batch)) for size, batch in host_calls)
-  with _stop_signals() as received:
+  with cli.stop_signals() as received:
     for size, device_batch in calls:
       state, metrics = run.step_for(size)(state, device_batch)
       # Wait for the call before this one: the device always has the next call

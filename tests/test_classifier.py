@@ -50,7 +50,7 @@ def pattern_classifier():
   model = classifier.create_model(MODEL)
   images, labels = pattern_digits(640, seed=5)
   return model, classifier.fit(model, images, labels, num_epochs=3, batch_size=32,
-                               learning_rate=3e-3, seed=0)
+                               learning_rate=3e-3, seed=0).params
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +213,7 @@ def test_learns_real_fashion_mnist_well_above_chance():
   model = classifier.create_model(config.model)
   params = classifier.fit(model, train_images[:6400], train_labels[:6400], num_epochs=1,
                           batch_size=config.batch_size, learning_rate=config.learning_rate,
-                          seed=0)
+                          seed=0).params
   assert classifier.accuracy(model, params, test_images[:2000], test_labels[:2000]) > 0.6
 
 

@@ -37,7 +37,7 @@ def _fit_classifier():
   model = classifier.create_model(config.model)
   params = classifier.fit(model, images[:4000], labels[:4000], num_epochs=1,
                           batch_size=config.batch_size, learning_rate=config.learning_rate,
-                          seed=0)
+                          seed=0).params
   return model, params
 
 

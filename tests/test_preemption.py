@@ -1,6 +1,7 @@
 """Training stopped by SIGTERM, SIGINT or SIGUSR1 saves the step it reached and resumes from
 it exactly: the main runner and a grid search group, real subprocesses and real signals."""
 
+import os
 import pathlib
 import signal
 import subprocess
@@ -11,11 +12,12 @@ import jax
 import numpy as np
 import pytest
 
-from ebgan_jax import checkpoint, state as state_lib
-from experiments import cli, trainer
+from ebgan_jax import checkpoint, classifier, state as state_lib
+from experiments import cli, train_classifier, trainer
 from experiments.configs import tiny
 from tests import data_fixtures
-from tests.test_classifier import save_pattern_classifier, write_pattern_idx_dir
+from tests.test_classifier import (classifier_config, save_pattern_classifier,
+                                   write_pattern_idx_dir)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = str(REPO / "experiments/configs/tiny.py")
@@ -127,3 +129,67 @@ def test_sigterm_saves_a_grid_search_group_mid_run(tmp_path):
   saved = [p for p in (workdir / "groups").glob("*/checkpoints/*") if p.name.isdigit()]
   assert len(saved) == 1 and int(saved[0].name) > 0, stderr[-3000:]
   assert not (workdir / "results.csv").exists()
+
+
+# --- experiments.train_classifier ------------------------------------------------------------
+
+
+def _classifier_config(idx_dir, cache):
+  # 3 epochs of 8 steps on pattern digits.
+  return classifier_config(idx_dir=str(idx_dir), cache_dir=str(cache), num_epochs=3,
+                           learning_rate=3e-3)
+
+
+def test_a_signal_saves_classifier_training_and_the_call_goes_on_exactly(tmp_path, monkeypatch):
+  idx_dir = write_pattern_idx_dir(tmp_path / "idx", num_train=256, num_test=64)
+  straight = train_classifier.train_and_save(_classifier_config(idx_dir, tmp_path / "straight"))
+
+  # A real SIGTERM to this process after the 11th step, mid-epoch 2 (8 steps an epoch).
+  train_step, calls = classifier.train_step, []
+
+  def step_then_signal(*args):
+    calls.append(None)
+    if len(calls) == 11:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return train_step(*args)
+  monkeypatch.setattr(classifier, "train_step", step_then_signal)
+  config = _classifier_config(idx_dir, tmp_path / "cache")
+  with pytest.raises(cli.Stopped, match="saved at step 11 of 24") as stopped:
+    train_classifier.train_and_save(config)
+  assert stopped.value.signum == signal.SIGTERM
+  training = tmp_path / "cache" / "mnist.training"
+  assert _saved_steps(training) == [11]  # the epoch-1 checkpoint (8) is replaced
+  assert not classifier.is_saved(tmp_path / "cache" / "mnist")
+
+  monkeypatch.undo()
+  resumed = train_classifier.train_and_save(config)
+  assert resumed["params_sha256"] == straight["params_sha256"]
+  assert resumed["test_accuracy"] == straight["test_accuracy"]
+  assert not training.exists()  # the finished classifier replaces its training checkpoints
+
+  # A stopped training of another recipe is not silently resumed, nor thrown away.
+  monkeypatch.setattr(classifier, "train_step", step_then_signal)
+  calls.clear()
+  config.retrain = True
+  with pytest.raises(cli.Stopped):
+    train_classifier.train_and_save(config)
+  monkeypatch.undo()
+  config.learning_rate = 1e-3
+  with pytest.raises(train_classifier.ConfigError, match="stopped training of another"):
+    train_classifier.train_and_save(config)
+  assert _saved_steps(training) == [11]
+
+
+def test_sigterm_stops_the_train_classifier_program_with_its_status(tmp_path):
+  idx_dir = write_pattern_idx_dir(tmp_path / "idx", num_train=256, num_test=64)
+  process = _start("experiments.train_classifier",
+                   f"--config={REPO / 'experiments/configs/classifier_mnist.py'}",
+                   f"--config.idx_dir={idx_dir}", f"--config.cache_dir={tmp_path}",
+                   "--config.num_epochs=100000", "--config.batch_size=32")
+  seconds, stderr = _signal_once_training(process, "Training the mnist classifier",
+                                          [signal.SIGTERM], delay=2.0)
+  assert process.returncode == 143, stderr[-3000:]
+  assert "Traceback" not in stderr and seconds < 30, seconds
+  stopped = [line for line in stderr.splitlines() if line.startswith("stopped: ")]
+  assert len(stopped) == 1 and "SIGTERM: classifier training saved at step" in stopped[0]
+  assert len(_saved_steps(tmp_path / "mnist.training")) == 1
