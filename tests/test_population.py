@@ -62,7 +62,19 @@ def _member_config(config, member):
 
 def _single_run(config, with_metrics=False):
   """The single run of `config`: train.make_multi_step over data.create_dataset's batches;
-  with_metrics, also each metric's mean per call, (calls,)."""
+  with_metrics, also each metric's mean per call, (calls,). Each config's run is made
+  once per test process (the vmap and sequential member maps compare with the same)."""
+  key = config.to_json_best_effort(sort_keys=True)
+  if key not in _SINGLE_RUNS:
+    _SINGLE_RUNS[key] = _train_single_run(config)
+  state, metrics = _SINGLE_RUNS[key]
+  return (state, metrics) if with_metrics else state
+
+
+_SINGLE_RUNS = {}  # config as JSON -> (state, metrics)
+
+
+def _train_single_run(config):
   state = state_lib.create_state(config, jax.random.PRNGKey(config.seed))
   batches, _ = data.create_dataset(config, "train")
   step = train.make_multi_step(config)
@@ -70,9 +82,7 @@ def _single_run(config, with_metrics=False):
   for _ in range(config.num_steps // config.steps_per_call):
     state, metrics = step(state, np.stack([next(batches) for _ in range(config.steps_per_call)]))
     means.append({name: float(np.mean(value)) for name, value in metrics.items()})
-  if with_metrics:
-    return state, {name: np.array([m[name] for m in means]) for name in means[0]}
-  return state
+  return state, {name: np.array([m[name] for m in means]) for name in means[0]}
 
 
 def _learned(state):
