@@ -142,7 +142,10 @@ def _train(config: ml_collections.ConfigDict, directory) -> classifier_lib.Class
   test_images, test_labels = _load_split(config, "test")
   model = classifier_lib.create_model(config.model)
   total_steps = config.num_epochs * (len(train_images) // config.batch_size)
-  manager = _training_manager(directory)
+  try:
+    manager = _training_manager(directory)
+  except OSError as e:
+    raise _cannot_write(directory, e) from None
   recipe = ml_collections.ConfigDict(_recipe(config))
   fitting = classifier_lib.start_fitting(
       model, config.image_shape, total_steps=total_steps, learning_rate=config.learning_rate,
@@ -180,13 +183,17 @@ def _train(config: ml_collections.ConfigDict, directory) -> classifier_lib.Class
     try:
       saved = classifier_lib.save(directory, params, metadata)
     except OSError as e:
-      raise ConfigError(f"cannot write the classifier to {directory} ({e}); pass a "
-                        "--config.cache_dir you can write to") from None
+      raise _cannot_write(directory, e) from None
     manager.wait_until_finished()
     shutil.rmtree(manager.directory, ignore_errors=True)
     if received:  # it finished meanwhile; the signal still stops the program
       _stopped(received[0], f"the classifier is trained and saved to {directory}")
   return saved
+
+
+def _cannot_write(directory, error: OSError) -> ConfigError:
+  return ConfigError(f"cannot write the classifier to {directory} ({error}); pass a "
+                     "--config.cache_dir you can write to")
 
 
 def _stopped(signum: int, what: str) -> NoReturn:
