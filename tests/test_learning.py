@@ -19,7 +19,6 @@ from experiments import trainer
 from experiments.configs import classifier_fashion, fashion_conv
 
 FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
-NUM_STEPS = 300
 NUM_SAMPLES = 2000
 
 
@@ -63,7 +62,7 @@ def judge():
   return scores
 
 
-def _train(config, workdir, num_steps=NUM_STEPS):
+def _train(config, workdir, num_steps):
   """The trainer's own step 0 of `config` on real Fashion-MNIST, and the state it trains to."""
   config.idx_dir = str(FASHION_MNIST)
   config.num_steps = num_steps
@@ -122,11 +121,11 @@ def test_discriminator_learns_on_real_fashion_mnist(ebgan_run):
 @pytest.mark.parametrize("objective", ["gan", "began", "magan"])
 def test_each_relative_learns_on_real_fashion_mnist(judge, tmp_path, objective):
   config = fashion_conv.get_config(objective)
-  # MAGAN: D pre-trains for 50 of the 300 steps, then the margin may adapt every 50.
+  # MAGAN: D pre-trains for 50 of the 150 steps, then the margin may adapt every 50.
   config.steps_per_epoch = 50
-  scores = _scores(judge, *_train(config, tmp_path)[1:])
+  scores = _scores(judge, *_train(config, tmp_path, num_steps=150)[1:])
   (fid_initial, fid_trained), (classes_initial, classes_trained) = scores.values()
-  # Measured for BEGAN: FD 144 -> 32, classes 3 -> 7 (with the paper's lambda_k 0.001,
-  # k_t stays near 0 for these steps: FD 115, 1 class).
-  assert fid_trained < 0.8 * fid_initial, scores
+  # Measured at 150 steps: FD 144 -> 59 (GAN), 38 (BEGAN), 54 (MAGAN); classes 3 -> 10, 8, 7.
+  # (With the paper's lambda_k 0.001, BEGAN's k_t stays near 0 at 300 steps: FD 115, 1 class.)
+  assert fid_trained < 0.5 * fid_initial, scores
   assert classes_trained > classes_initial, scores
