@@ -72,33 +72,47 @@ MARGIN_SCHEDULES = {
 }
 
 
+# What a margin's value is measured in: energy itself, or the mean energy of the batch's
+# real images (a margin that stays above the data's energy as D learns).
+MARGIN_UNITS = ("absolute", "real_energy")
+
+
 @dataclasses.dataclass(frozen=True)
 class MarginSchedule:
   """How the margin moves with the step: constant (the default), or a linear or
   cosine decay from `margin` to `margin_end` over `decay_steps` steps, starting
   at step `decay_begin`, and `margin_end` after that.
 
-  The shape is static (one per population); the start and end values are
-  hyperparameters, so the members of a population can differ in them.
+  With unit "real_energy" the scheduled value is a multiple of the batch's mean
+  real energy (`acting`): margin 1.5 puts the hinge at 1.5 E(x) whatever the
+  energies' scale, the regime of the paper's Theorem 1 (m above the data's
+  energy). The shape and the unit are static (one per population); the start
+  and end values are hyperparameters, so the members of a population can differ
+  in them.
   """
 
   kind: str = "constant"
   decay_steps: int = 0
   decay_begin: int = 0
+  unit: str = "absolute"
 
   def __post_init__(self):
     if self.kind not in MARGIN_SCHEDULES:
       raise ValueError(f"margin_schedule must be one of {tuple(MARGIN_SCHEDULES)}, "
                        f"got {self.kind!r}")
+    if self.unit not in MARGIN_UNITS:
+      raise ValueError(f"margin_unit must be one of {MARGIN_UNITS}, got {self.unit!r}")
     if self.kind != "constant" and (self.decay_steps < 1 or self.decay_begin < 0):
       raise ValueError(f"a {self.kind} margin schedule needs margin_decay_steps >= 1 and "
                        f"margin_decay_begin >= 0, got {self.decay_steps} and {self.decay_begin}")
 
   @classmethod
   def from_config(cls, config) -> "MarginSchedule":
-    """From config.margin_schedule, margin_decay_steps, margin_decay_begin (absent: constant)."""
+    """From config.margin_schedule, margin_decay_steps, margin_decay_begin and margin_unit
+    (absent: a constant, absolute margin)."""
     return cls(config.get("margin_schedule", "constant"),
-               int(config.get("margin_decay_steps", 0)), int(config.get("margin_decay_begin", 0)))
+               int(config.get("margin_decay_steps", 0)), int(config.get("margin_decay_begin", 0)),
+               config.get("margin_unit", "absolute"))
 
   @property
   def hyperparameters(self) -> tuple[str, ...]:
@@ -114,6 +128,14 @@ class MarginSchedule:
     # reciprocal, which leaves the shape at ~1e-8 instead of 0.
     shape = jnp.where(step >= self.decay_begin + self.decay_steps, 0.0, shape)
     return hparams["margin_end"] + (hparams["margin"] - hparams["margin_end"]) * shape
+
+  def acting(self, margin: jax.Array, e_real: jax.Array) -> jax.Array:
+    """The margin the hinge uses: `margin` (the scheduled value), in unit "real_energy"
+    times the mean of the real images' energies `e_real`, a constant to the gradient
+    (D lowers E(x) through its own term, not by moving the margin)."""
+    if self.unit == "absolute":
+      return margin
+    return margin * jax.lax.stop_gradient(jnp.mean(e_real))
 
 
 class Stateless:
@@ -195,7 +217,7 @@ class EBGAN(Stateless):
     d_real, d_fake, batch_stats = real_and_fake(batch, fake, apply_d, batch_stats, key)
     e_real = losses.energy(batch, d_real[0], self.reduction)
     e_fake = losses.energy(fake, d_fake[0], self.reduction)
-    margin = values["margin"]
+    margin = self.margin_schedule.acting(values["margin"], e_real)
     metrics = {"energy_real": jnp.mean(e_real), "energy_fake": jnp.mean(e_fake),
                "hinge_active": losses.hinge_active(e_fake, margin)}
     return losses.discriminator_loss(e_real, e_fake, margin), (batch_stats, metrics)
@@ -319,9 +341,10 @@ class MAGAN(EBGAN):
       raise ValueError(f"MAGAN needs magan_pretrain_epochs >= 1 (its margin starts at the "
                        f"pre-trained D's real energy) and steps_per_epoch >= 1, got "
                        f"{self.pretrain_epochs} and {self.steps_per_epoch}")
-    if self.margin_schedule.kind != "constant":
-      raise ValueError(f"MAGAN adapts its margin itself: set margin_schedule='constant', got "
-                       f"{self.margin_schedule.kind!r}")
+    if self.margin_schedule.kind != "constant" or self.margin_schedule.unit != "absolute":
+      raise ValueError(f"MAGAN adapts its margin itself: set margin_schedule='constant' and "
+                       f"margin_unit='absolute', got {self.margin_schedule.kind!r} and "
+                       f"{self.margin_schedule.unit!r}")
 
   @property
   def hyperparameters(self) -> tuple[str, ...]:
@@ -462,7 +485,7 @@ class LadderEBGAN(Ladder):
     ce, e_real, batch_stats, metrics = self.ladder_loss(values, batch, apply_d, batch_stats, key)
     (reconstruction_fake, _), _ = apply_d(fake, batch_stats, jax.random.fold_in(key, 1))
     e_fake = losses.ladder_energy(fake, reconstruction_fake, values["reconstruction_weight"])
-    margin = values["margin"]
+    margin = self.margin_schedule.acting(values["margin"], e_real)
     metrics.update(energy_fake=jnp.mean(e_fake), margin=margin,
                    hinge_active=losses.hinge_active(e_fake, margin))
     return ce + losses.discriminator_loss(e_real, e_fake, margin), (batch_stats, metrics)

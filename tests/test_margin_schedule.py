@@ -97,3 +97,57 @@ def test_the_step_uses_the_margin_of_its_step():
                              jax.tree.leaves(expected.discriminator.params)[0], atol=1e-6)
   for off_by_one in (m + 0.05, m - 0.05):
     assert abs(float(constant(off_by_one)[1]["d_loss"]) - float(metrics["d_loss"])) > 1e-3
+
+
+# --- Margins in units of the real images' energy ---------------------------------------------
+
+
+def _d_loss(objective, margin, scale, real, fake):
+  """EBGAN's D loss and metrics with a toy D whose reconstruction is `scale` * x, so each
+  image's energy (the "mean" reduction) is (1 - scale)^2 mean(x^2)."""
+  apply_d = lambda x, stats, key: ((scale * x, x.reshape(len(x), -1)), stats)
+  loss, (_, metrics) = objective.discriminator_loss(
+      {"margin": margin, "lambda_pt": 0.0}, real, fake, apply_d, {}, jax.random.PRNGKey(0))
+  return loss, metrics
+
+
+def test_a_margin_in_real_energy_units_is_that_multiple_of_the_batchs_real_energy():
+  rng = np.random.default_rng(0)
+  real = rng.uniform(-1, 1, (8, 4, 4, 1)).astype(np.float32)
+  # Fakes whose energies straddle 1.5 E(x): a part of the hinge acts.
+  fake = real * np.linspace(0.5, 2.5, 8, dtype=np.float32)[:, None, None, None]
+  relative = objectives.EBGAN(margin_schedule=objectives.MarginSchedule(unit="real_energy"))
+  loss, metrics = _d_loss(relative, 1.5, 0.25, real, fake)
+
+  energy = lambda x: 0.75 ** 2 * np.mean(np.square(x.astype(np.float64)), axis=(1, 2, 3))
+  e_real, e_fake = energy(real), energy(fake)
+  margin = 1.5 * e_real.mean()
+  assert 0 < np.mean(e_fake < margin) < 1
+  expected = e_real.mean() + np.mean(np.maximum(0.0, margin - e_fake))
+  assert float(loss) == pytest.approx(expected, rel=1e-5)
+  assert float(metrics["hinge_active"]) == pytest.approx(np.mean(e_fake < margin))
+
+  # The margin is a constant to the gradient: D's gradient is that of the absolute margin
+  # of the same value (not one that also moves E(x) through the margin).
+  absolute = objectives.EBGAN()
+  gradient = lambda loss: float(jax.grad(loss)(0.25))
+  relative_gradient = gradient(lambda scale: _d_loss(relative, 1.5, scale, real, fake)[0])
+  assert relative_gradient == pytest.approx(
+      gradient(lambda scale: _d_loss(absolute, margin, scale, real, fake)[0]), rel=1e-5)
+  real_energy = lambda scale: (1 - scale) ** 2 * jnp.mean(jnp.square(real))
+  moving = gradient(lambda scale: _d_loss(absolute, 1.5 * real_energy(scale), scale, real,
+                                          fake)[0])
+  assert relative_gradient != pytest.approx(moving, rel=1e-3)
+
+
+def test_the_margin_unit_comes_from_the_config_and_is_checked():
+  config = tiny.get_config()
+  assert objectives.from_config(config).margin_schedule.unit == "absolute"
+  config.margin_unit = "real_energy"
+  assert objectives.from_config(config).margin_schedule.unit == "real_energy"
+  config.margin_unit = "pixels"
+  with pytest.raises(ValueError, match="margin_unit must be one of"):
+    objectives.from_config(config)
+  config.margin_unit, config.objective = "real_energy", "magan"
+  with pytest.raises(ValueError, match="MAGAN adapts its margin itself"):
+    objectives.from_config(config)

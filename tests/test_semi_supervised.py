@@ -126,6 +126,25 @@ def test_without_a_margin_ebgan_ln_falls_back_to_the_ladder_network(idx_dir):
                                        state.generator.params))
 
 
+def test_a_margin_in_real_energy_units_acts_as_that_multiple_of_the_unlabelled_energy(idx_dir):
+  config = _small(idx_dir, margin_schedule="constant")
+  state = state_lib.create_state(config, jax.random.PRNGKey(0))
+  batch, key = _batch(config), jax.random.PRNGKey(1)
+  z = train.sample_z(jax.random.PRNGKey(5), 16, state.z_dim)
+  d, g = state.discriminator.params, state.generator.params
+  loss = jax.jit(lambda values, objective: train.discriminator_objective(
+      d, g, state, batch, z, key, values, objective=objective), static_argnames="objective")
+  relative = objectives.LadderEBGAN(objectives.MarginSchedule(unit="real_energy"))
+  values = {"margin": 1.5, "reconstruction_weight": 1000.0}
+  relative_loss, (_, metrics) = loss(values, relative)
+  margin = 1.5 * float(metrics["energy_real"])
+  assert float(metrics["margin"]) == pytest.approx(margin, rel=1e-6)
+  absolute_loss, (_, absolute_metrics) = loss({**values, "margin": margin},
+                                              objectives.LadderEBGAN())
+  assert float(relative_loss) == pytest.approx(float(absolute_loss), rel=1e-6)
+  assert float(metrics["hinge_active"]) == float(absolute_metrics["hinge_active"]) > 0
+
+
 def test_test_time_statistics_come_from_the_unlabelled_images(idx_dir):
   config = _small(idx_dir)
   state = state_lib.create_state(config, jax.random.PRNGKey(0))

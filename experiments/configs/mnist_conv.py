@@ -70,6 +70,10 @@ def get_config(objective: str = "ebgan") -> ml_collections.ConfigDict:
   config.margin_end = 0.0
   config.margin_decay_steps = 0
   config.margin_decay_begin = 0
+  # "absolute": margin and margin_end are energies; "real_energy": multiples of the
+  # batch's mean real energy E(x), e.g. margin 1.5 decaying to 0 starts the hinge above
+  # the data's energy however D's energies scale (objectives.MarginSchedule.acting).
+  config.margin_unit = "absolute"
   # BEGAN (objectives.BEGAN): gamma, the ratio E L(G(z)) / E L(x) that k_t steers to
   # (the paper's diversity ratio: 0.5 its default, 0.3 to 0.7 shown), and lambda_k,
   # the gain of k_t's controller. The paper's 0.001 moves k_t by about 1e-4 a step, too
