@@ -6,9 +6,9 @@
 Starts `python -m experiments.mnist_ebgan` with each config (conv28 on the IDX
 files; conv64 on an image folder of experiments.write_image_folder, when
 --image_dir is given) at its shipped steps_per_call, periodic checkpoints off,
-waits for its first log line of losses (its first call is done: it trains),
-then sends SIGTERM a fraction (--delays) of a call's measured duration
-later, and prints one JSON line per run: the exit status, the step saved, the
+waits for its second log line of losses (the two lines, one call apart, time a
+call with compilation excluded), then sends SIGTERM a fraction (--delays) of
+that call's duration later, and prints one JSON line per run: the exit status, the step saved, the
 seconds from the signal to the exit, and the duration of one call, which
 bounds the wait for the call in flight.
 """
