@@ -161,10 +161,13 @@ def test_unknown_conv_impl_is_a_clear_error():
 def test_conv64_trains():
   """A few real steps of train.train_step on a tiny batch: finite metrics, parameters move."""
   config = multidevice.small_conv64_config()
-  # Jitted: one compilation of both inits, faster than running them op by op.
-  state = jax.jit(functools.partial(state_lib.create_state, config))(jax.random.PRNGKey(0))
+  mesh = train.make_mesh()
+  # Jitted: one compilation of both inits, faster than running them op by op. Replicated as
+  # the step expects: a state off the mesh would compile the step a second time.
+  state = train.replicate(
+      jax.jit(functools.partial(state_lib.create_state, config))(jax.random.PRNGKey(0)), mesh)
   initial = np.asarray(state.generator.params["Dense_0"]["kernel"])
-  step = train.make_train_step(config)
+  step = train.make_train_step(config, mesh)
   batches = np.random.default_rng(0).uniform(-1, 1, (3, 4, 64, 64, 3)).astype(np.float32)
   for batch in batches:
     state, metrics = step(state, batch)

@@ -98,7 +98,8 @@ def test_without_a_margin_ebgan_ln_falls_back_to_the_ladder_network(idx_dir):
   z = train.sample_z(jax.random.PRNGKey(5), 16, state.z_dim)
   key = jax.random.PRNGKey(1)
   values = {"margin": 0.0, "reconstruction_weight": 1000.0}
-  grad = jax.value_and_grad(train.discriminator_objective, has_aux=True)
+  grad = jax.jit(jax.value_and_grad(train.discriminator_objective, has_aux=True),
+                 static_argnames="objective")
   ebgan_ln, ln = objectives.LadderEBGAN(), objectives.Ladder()
   d, g = state.discriminator.params, state.generator.params
   (ebgan_loss, _), ebgan_grads = grad(d, g, state, batch, z, key, values, objective=ebgan_ln)

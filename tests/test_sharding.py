@@ -24,8 +24,13 @@ from tests import data_fixtures, multidevice
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+def _xla_flags(devices):
+  """The test run's XLA flags (tests/conftest.py) and `devices` CPU devices."""
+  return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+
+
 def _run(check, *args, devices=8, background=False, env=None):
-  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+  env = {**os.environ, "XLA_FLAGS": _xla_flags(devices),
          "JAX_PLATFORMS": "cpu", **(env or {})}
   command = [sys.executable, "-m", "tests.multidevice", check, *map(str, args)]
   if background:
@@ -175,7 +180,7 @@ def test_two_processes_train_as_one(idx_dir, tmp_path):
            "--config.optim_g.eps=1e-3", "--config.optim_d.eps=1e-3"]  # see tolerant_adam
   processes = []
   for process_id in (0, 1):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    env = {**os.environ, "XLA_FLAGS": _xla_flags(2),
            "JAX_PLATFORMS": "cpu", "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
            "EBGAN_DISTRIBUTED": "1", "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
            "EBGAN_NUM_PROCESSES": "2", "EBGAN_PROCESS_ID": str(process_id)}
