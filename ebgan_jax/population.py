@@ -134,7 +134,8 @@ def create_population(config, **settings) -> Population:
   keys = jnp.stack([jax.random.PRNGKey(seed) for seed in settings["seed"]])
   as_array = lambda name: jnp.asarray(np.asarray(settings[name], np.float32))
   hparams = {name: as_array(name) for name in objective.hyperparameters}
-  states = jax.vmap(member)(keys, as_array("lr_g"), as_array("lr_d"), hparams)
+  # Jitted: the initialisers compile as one program, not op by op.
+  states = jax.jit(jax.vmap(member))(keys, as_array("lr_g"), as_array("lr_d"), hparams)
   return Population(
       states=states, hparams=hparams, diverged=jnp.zeros(sizes["seed"], bool),
       objective=objective,

@@ -9,6 +9,7 @@ experiments.semi_supervised passes EBGAN-LN's.
 """
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -186,7 +187,11 @@ def _restored(manager, fresh):
 
 def _initial_state(config, manager, mesh):
   """A fresh state, or the newest checkpoint, replicated on `mesh`."""
-  fresh = train.replicate(state_lib.create_state(config, jax.random.PRNGKey(config.seed)), mesh)
+  # Jitted: all the initialisers compile as one program, not op by op (at start-up on 2 CPU
+  # cores: conv28 4.6 s instead of 11.6, ladder 5.5 instead of 14.9).
+  create = jax.jit(functools.partial(state_lib.create_state, config),
+                   out_shardings=train.replicated(mesh))
+  fresh = create(jax.random.PRNGKey(config.seed))
   return _restored(manager, fresh)
 
 
