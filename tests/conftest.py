@@ -22,16 +22,29 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
-# XLA's LLVM backend at -O0: most tests compile far more than they compute, and -O0 compiles
-# about twice as fast (a small conv64 step 8 s instead of 15, its create_state 2 s instead of
-# 14) for programs that run a little slower (150 conv28 steps: 50 s instead of 40) and compute
-# the same values. Subprocesses inherit it; an optimisation level set beforehand is kept.
+# Compiles at -O0, faster for the many tests that compile more than they run (see
+# tests/xla_levels.py). Subprocesses inherit it; an optimisation level set beforehand is kept.
+from tests import xla_levels  # noqa: E402
+
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                             + " --xla_backend_optimization_level=0").strip()
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {xla_levels.FAST_COMPILE}".strip()
 
 import hypothesis  # noqa: E402
 
 # JAX compiles on first use of each shape, so wall-clock deadlines only flake.
 hypothesis.settings.register_profile("ebgan", deadline=None, print_blob=True)
 hypothesis.settings.load_profile("ebgan")
+
+
+# The files that take longest in all, longest first (a CI run's --durations=0). With
+# --dist loadfile, xdist hands whole files to its workers in collection order (setup.cfg turns
+# off its reordering by test count, which queued these few-test files last): started first,
+# they leave the short files to fill in at the end instead of one worker idling through a long
+# file while the other has finished.
+_LONGEST_FILES = ("test_learning.py", "test_semi_supervised.py", "test_sharding.py",
+                  "test_population.py", "test_performance_features.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(_LONGEST_FILES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole

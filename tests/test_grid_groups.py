@@ -2,6 +2,7 @@
 resumes that group from its checkpoint, not from step 0."""
 
 import csv
+import os
 import pathlib
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import numpy as np
 from ebgan_jax import evaluation
 from experiments import grid_search, trainer
 from experiments.configs import grid_fashion
+from tests import xla_levels
 from tests.test_classifier import save_pattern_classifier, write_pattern_idx_dir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -59,8 +61,9 @@ def test_a_grid_stopped_inside_a_group_resumes_it_from_its_checkpoint(tmp_path):
           "--config.grid.eval_samples=50", "--config.grid.tiny_steps=200",
           "--config.checkpoint_every=20", f"--workdir={workdir}"]
   command = [sys.executable, "-m", "experiments.grid_search", *args]
+  env = {**os.environ, **xla_levels.optimized_env()}  # 8 x 200 steps
   process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+                             text=True, env=env)
   first_group = workdir / "groups"
   deadline = time.monotonic() + 300
   saved = lambda: [p for p in first_group.glob("*/checkpoints/*") if p.name.isdigit()]
@@ -70,7 +73,8 @@ def test_a_grid_stopped_inside_a_group_resumes_it_from_its_checkpoint(tmp_path):
   process.communicate()
   assert saved() and not (workdir / grid_search.RESULTS).exists(), \
       "the kill came too late to test a group's resume"
-  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env=env)
   assert result.returncode == 0, result.stderr[-3000:]
   restored = [line for line in result.stderr.splitlines() if "Restoring checkpoint" in line]
   assert restored and "/groups/" in restored[0], result.stderr[-3000:]

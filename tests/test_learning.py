@@ -17,6 +17,7 @@ import pytest
 from ebgan_jax import classifier, data, evaluation, losses, metrics, state as state_lib, train
 from experiments import trainer
 from experiments.configs import classifier_fashion, fashion_conv
+from tests import xla_levels
 
 FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
 NUM_SAMPLES = 2000
@@ -68,7 +69,8 @@ def _train(config, workdir, num_steps):
   config.num_steps = num_steps
   config.log_every = config.sample_every = config.checkpoint_every = num_steps
   initial = state_lib.create_state(config, jax.random.PRNGKey(config.seed))
-  trained = trainer.train_and_evaluate(config, str(workdir))
+  with xla_levels.optimized_steps():  # hundreds of steps
+    trained = trainer.train_and_evaluate(config, str(workdir))
   assert int(trained.step) == num_steps
   return config, initial, trained
 

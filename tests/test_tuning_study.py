@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import tuning_report, tuning_study
+from tests import test_cli
 from tests.test_classifier import save_pattern_classifier, write_pattern_idx_dir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -70,18 +71,12 @@ def test_summary_rows_are_mean_and_std_over_seeds():
   assert table[3].startswith("| all plain |  | reference:train |") and "| 0.7 |" in table[3]
 
 
-def test_bad_study_name_is_one_line_and_exit_2(tmp_path):
-  result = _run("experiments.tuning_study", f"--out={tmp_path}", "--studies=margins")
-  assert result.returncode == 2 and "Traceback" not in result.stderr
-  assert result.stderr.strip().splitlines()[-1].startswith("error: give --studies from")
-
-
 def test_missing_classifier_fails_before_training(tmp_path):
   idx_dir = write_pattern_idx_dir(tmp_path / "idx", num_train=64, num_test=16)
-  result = _run("experiments.tuning_study", f"--idx_dir={idx_dir}", f"--out={tmp_path / 'out'}",
-                f"--classifier_dir={tmp_path / 'none'}", "--studies=norm")
-  assert result.returncode == 2 and "Traceback" not in result.stderr
-  assert "error: no trained classifier for 'fashion_mnist'" in result.stderr
+  result = test_cli.run_in_process("experiments.tuning_study", f"--idx_dir={idx_dir}",
+                                   f"--out={tmp_path / 'out'}",
+                                   f"--classifier_dir={tmp_path / 'none'}", "--studies=norm")
+  test_cli.assert_one_error_line(result, "no trained classifier for 'fashion_mnist'")
   assert not (tmp_path / "out").exists()
 
 
