@@ -5,7 +5,7 @@ sets `FAST_COMPILE`): about twice as fast to compile (a small conv64 step 8 s in
 the same values computed a little slower. The few tests that train for hundreds of steps
 compile their steps at the users' -O3 (`optimized_steps` in this process, `optimized_env` for
 a subprocess): there the faster run outweighs the slower compile (150 conv28 steps: 39 s at
--O3, 50 s at -O0; a tiny grid of 8 x 200 steps in a subprocess: 43 s against 83).
+-O3, 50 s at -O0; a tiny grid of 8 x 200 steps, killed and resumed: 67 s against 76).
 """
 
 import contextlib
