@@ -30,9 +30,11 @@ def _config(idx_dir, objective=stateful_objective.CountingEBGAN.name, **override
 
 
 def _train(config, calls=2, steps=4):
-  state = state_lib.create_state(config, jax.random.PRNGKey(config.seed))
+  mesh = train.make_mesh()
+  # On the mesh, as the step expects: a state off it would compile the step a second time.
+  state = train.replicate(state_lib.create_state(config, jax.random.PRNGKey(config.seed)), mesh)
   batches, _ = data.create_dataset(config, "train")
-  step = train.make_multi_step(config)
+  step = train.make_multi_step(config, mesh)
   energies = []
   for _ in range(calls):
     state, metrics = step(state, np.stack([next(batches) for _ in range(steps)]))

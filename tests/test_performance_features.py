@@ -298,8 +298,10 @@ def test_prefetch_runs_ahead_and_keeps_order():
 def test_bfloat16_compute_keeps_float32_params_and_finite_metrics(family):
   config = _config(family)
   config.compute_dtype = "bfloat16"
-  state = state_lib.create_state(config, jax.random.PRNGKey(0))
-  step = train.make_train_step(config)
+  mesh = train.make_mesh()
+  # On the mesh, as the step expects: a state off it would compile the step a second time.
+  state = train.replicate(state_lib.create_state(config, jax.random.PRNGKey(0)), mesh)
+  step = train.make_train_step(config, mesh)
   for batch in _batches(3):
     state, metrics = step(state, batch)
   assert all(np.isfinite(float(v)) for v in metrics.values())

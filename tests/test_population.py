@@ -75,9 +75,11 @@ _SINGLE_RUNS = {}  # config as JSON -> (state, metrics)
 
 
 def _train_single_run(config):
-  state = state_lib.create_state(config, jax.random.PRNGKey(config.seed))
+  mesh = train.make_mesh()
+  # On the mesh, as the step expects: a state off it would compile the step a second time.
+  state = train.replicate(state_lib.create_state(config, jax.random.PRNGKey(config.seed)), mesh)
   batches, _ = data.create_dataset(config, "train")
-  step = train.make_multi_step(config)
+  step = train.make_multi_step(config, mesh)
   means = []
   for _ in range(config.num_steps // config.steps_per_call):
     state, metrics = step(state, np.stack([next(batches) for _ in range(config.steps_per_call)]))
