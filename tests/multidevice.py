@@ -1,10 +1,10 @@
 """Checks that need several (simulated CPU) devices or processes, run in a subprocess.
 
-  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m tests.multidevice CHECK ...
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m tests.multidevice CHECK ARG... [+ ..]
 
 The device count is fixed when JAX starts, so tests/test_sharding.py runs
 these in fresh processes and the rest of the suite keeps one device. Each
-check raises on failure (non-zero exit) and prints one JSON line.
+check raises on failure and returns a report; `main` prints one JSON line per check.
 """
 
 import json
@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 
 import jax
 import ml_collections
@@ -176,9 +177,9 @@ def check_step_equality(family: str, num_steps: str = "3"):
   assert_trees_close(sharded.objective_state, single.objective_state, "objective state",
                      rtol=METRICS_RTOL)
   assert sharded.generator.params["Dense_0"]["kernel"].sharding.is_fully_replicated
-  print(json.dumps({"family": family, "devices": jax.device_count(), "steps": int(num_steps),
-                    "max_abs_error_params": param_error, "max_abs_error_batch_stats": stats_error,
-                    "max_abs_error_metrics": metrics_error}))
+  return {"family": family, "devices": jax.device_count(), "steps": int(num_steps),
+          "max_abs_error_params": param_error, "max_abs_error_batch_stats": stats_error,
+          "max_abs_error_metrics": metrics_error}
 
 
 def _stats_after_one_step(config, mesh, batch):
@@ -215,9 +216,8 @@ def check_batch_statistics_are_global():
                for i in range(0, GLOBAL_BATCH, slice_size)]
   slice_gap = min(_max_abs_difference(stats[1], whole[1]) for stats in per_slice)
   assert slice_gap > 1e3 * max(error, 1e-6), (slice_gap, error)
-  print(json.dumps({"devices": mesh.size, "running_stats_match_global_batch": True,
-                    "max_abs_error_batch_stats": error,
-                    "min_abs_gap_of_per_slice_d_stats": slice_gap}))
+  return {"devices": mesh.size, "running_stats_match_global_batch": True,
+          "max_abs_error_batch_stats": error, "min_abs_gap_of_per_slice_d_stats": slice_gap}
 
 
 def check_train(workdir: str, idx_dir: str, num_steps: str, out: str):
@@ -233,21 +233,7 @@ def check_train(workdir: str, idx_dir: str, num_steps: str, out: str):
   counter = StepCounter().install()
   state = trainer.train_and_evaluate(config, workdir)
   np.savez(out, *leaves(state))
-  print(json.dumps({"devices": jax.device_count(), "step": int(state.step),
-                    "steps_run": counter.steps}))
-
-
-def measure_rates(family: str):
-  """Steps/s of the sharded step on all devices and on one, same global batch."""
-  config = family_config(family)
-  rng = np.random.default_rng(0)
-  batches = [rng.uniform(-1, 1, (GLOBAL_BATCH, *config.image_shape)).astype(np.float32)
-             for _ in range(11)]
-  _, _, all_rate = run_steps(config, train.make_mesh(), batches)
-  _, _, one_rate = run_steps(config, train.make_mesh(jax.devices()[:1]), batches)
-  print(json.dumps({"family": family, "global_batch": GLOBAL_BATCH,
-                    f"steps_per_s_{jax.device_count()}_devices": all_rate,
-                    "steps_per_s_1_device": one_rate}))
+  return {"devices": jax.device_count(), "step": int(state.step), "steps_run": counter.steps}
 
 
 def population_setting(idx_dir: str):
@@ -284,7 +270,7 @@ def check_population_sharding(idx_dir: str):
   error = assert_trees_close(sharded.states, one.states, "population states, 8 vs 1 device",
                              atol=PARAMS_ATOL)
   assert_trees_close(sharded_history, one_history, "metrics", rtol=METRICS_RTOL)
-  print(json.dumps({"devices": mesh.size, "members": len(members), "max_abs_error": error}))
+  return {"devices": mesh.size, "members": len(members), "max_abs_error": error}
 
 
 def check_population_processes(idx_dir: str, port: str, process_id: str, out: str):
@@ -294,8 +280,8 @@ def check_population_processes(idx_dir: str, port: str, process_id: str, out: st
   trained, history = trainer.train_population(config, members)
   np.savez(out, *leaves(trained.states), diverged=np.asarray(trained.diverged),
            d_loss=history["d_loss"])
-  print(json.dumps({"process": jax.process_index(), "devices": jax.device_count(),
-                    "local_devices": jax.local_device_count()}))
+  return {"process": jax.process_index(), "devices": jax.device_count(),
+          "local_devices": jax.local_device_count()}
 
 
 def check_stop_processes(idx_dir: str, port: str, process_id: str, workdir: str):
@@ -323,9 +309,28 @@ def check_stop_processes(idx_dir: str, port: str, process_id: str, workdir: str)
     trainer.train_and_evaluate(config, workdir)
     raise AssertionError("process %d was not stopped" % jax.process_index())
   except cli.Stopped as e:
-    print(json.dumps({"process": jax.process_index(), "calls": len(calls),
-                      "signal": e.signum, "message": str(e)}))
+    return {"process": jax.process_index(), "calls": len(calls), "signal": e.signum,
+            "message": str(e)}
+
+
+def main(argv: list[str]) -> int:
+  """Runs each CHECK ARG... of `argv` (several are separated by "+") in this one process.
+
+  Prints a JSON line per check, {"check": [CHECK, ARG...]} with its "report" or the
+  "error" it raised, and returns 1 if any failed. Several checks in one process pay
+  JAX's and TF's imports once (about 6.5 s on 2 cores).
+  """
+  failed = False
+  while argv:
+    check = argv[:argv.index("+")] if "+" in argv else argv
+    argv = argv[len(check) + 1:]
+    try:
+      line = {"check": check, "report": globals()[check[0]](*check[1:])}
+    except Exception:  # pylint: disable=broad-exception-caught  # reported, the rest still run
+      line, failed = {"check": check, "error": traceback.format_exc()}, True
+    print(json.dumps(line), flush=True)
+  return int(failed)
 
 
 if __name__ == "__main__":
-  globals()[sys.argv[1]](*sys.argv[2:])
+  sys.exit(main(sys.argv[1:]))

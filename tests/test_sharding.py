@@ -1,7 +1,8 @@
 """The sharded step and checkpoints across device counts, on 8 simulated CPU devices.
 
-Each check runs in a subprocess (tests/multidevice.py): the number of CPU
-devices is fixed when JAX starts, and this process keeps one.
+The checks run in subprocesses (tests/multidevice.py): the number of CPU
+devices is fixed when JAX starts, and this process keeps one. The checks on
+8 devices of one process share one subprocess.
 """
 
 import json
@@ -29,17 +30,34 @@ def _xla_flags(devices):
   return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
 
 
-def _run(check, *args, devices=8, background=False, env=None):
-  env = {**os.environ, "XLA_FLAGS": _xla_flags(devices),
-         "JAX_PLATFORMS": "cpu", **(env or {})}
-  command = [sys.executable, "-m", "tests.multidevice", check, *map(str, args)]
-  if background:
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-  result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
-  assert result.returncode == 0, result.stderr[-4000:]
-  return json.loads(result.stdout.strip().splitlines()[-1])
+class _Checks:
+  """tests.multidevice running `checks`, each (CHECK, ARG...), in one subprocess."""
+
+  def __init__(self, *checks, devices=8, env=None):
+    argv = []
+    for check in checks:
+      argv += ["+"] * bool(argv) + [str(arg) for arg in check]
+    env = {**os.environ, "XLA_FLAGS": _xla_flags(devices), "JAX_PLATFORMS": "cpu",
+           **(env or {})}
+    self._process = subprocess.Popen(
+        [sys.executable, "-m", "tests.multidevice", *argv], cwd=REPO, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    self._lines = self._stderr = None
+
+  def report(self, *check) -> dict:
+    """`check`'s report, once the process has ended; fails if the check failed or never ran."""
+    if self._lines is None:
+      stdout, self._stderr = self._process.communicate(timeout=1200)  # a guard against hangs
+      lines = [json.loads(line) for line in stdout.splitlines() if line.startswith('{"check"')]
+      self._lines = {tuple(line["check"]): line for line in lines}
+    line = self._lines.get(tuple(str(arg) for arg in check))
+    assert line is not None, f"{check} did not report:\n{self._stderr[-4000:]}"
+    assert "error" not in line, line["error"]
+    return line["report"]
+
+
+def _run(check, *args, devices=8, env=None) -> dict:
+  return _Checks((check, *args), devices=devices, env=env).report(check, *args)
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +66,20 @@ def idx_dir(tmp_path_factory):
                                      height=28, width=28)
 
 
-def test_population_sharded_over_members_equals_one_device(idx_dir):
-  report = _run("check_population_sharding", idx_dir)
+# ladder: EBGAN-LN; counting: an objective that carries state (tests/stateful_objective.py)
+FAMILIES = ["conv28", "mlp", "conv64", "ladder", "counting"]
+
+
+@pytest.fixture(scope="module")
+def eight_devices(idx_dir):
+  """The checks on 8 devices of one process, run in one subprocess for the module."""
+  return _Checks(("check_population_sharding", idx_dir),
+                 *[("check_step_equality", family, 3) for family in FAMILIES],
+                 ("check_batch_statistics_are_global",))
+
+
+def test_population_sharded_over_members_equals_one_device(eight_devices, idx_dir):
+  report = eight_devices.report("check_population_sharding", idx_dir)
   assert report["devices"] == 8 and report["members"] == 5
 
 
@@ -60,12 +90,11 @@ def test_two_processes_train_a_population_as_one(idx_dir, tmp_path):
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
   env = {"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
-  runs = [_run("check_population_processes", idx_dir, port, i, tmp_path / f"{i}.npz",
-               devices=2, background=True, env=env) for i in (0, 1)]
-  for process in runs:
-    stdout, stderr = process.communicate(timeout=600)
-    assert process.returncode == 0, stderr[-4000:]
-    report = json.loads(stdout.strip().splitlines()[-1])
+  checks = [("check_population_processes", idx_dir, port, i, tmp_path / f"{i}.npz")
+            for i in (0, 1)]
+  runs = [_Checks(check, devices=2, env=env) for check in checks]
+  for run, check in zip(runs, checks):
+    report = run.report(*check)
     assert report["devices"] == 4 and report["local_devices"] == 2
   config, members = multidevice.population_setting(str(idx_dir))
   alone, history = trainer.train_population(config, members)
@@ -85,13 +114,9 @@ def test_two_processes_stop_at_the_same_step_when_one_is_signalled(idx_dir, tmp_
     port = s.getsockname()[1]
   env = {"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
   workdir = tmp_path / "run"
-  runs = [_run("check_stop_processes", idx_dir, port, i, workdir, devices=2, background=True,
-               env=env) for i in (0, 1)]
-  reports = []
-  for process in runs:
-    stdout, stderr = process.communicate(timeout=600)
-    assert process.returncode == 0, stderr[-4000:]
-    reports.append(json.loads(stdout.strip().splitlines()[-1]))
+  checks = [("check_stop_processes", idx_dir, port, i, workdir) for i in (0, 1)]
+  runs = [_Checks(check, devices=2, env=env) for check in checks]
+  reports = [run.report(*check) for run, check in zip(runs, checks)]
   assert [r["signal"] for r in reports] == [15, 15]
   assert reports[0]["calls"] == reports[1]["calls"] == 3
   saved = sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit())
@@ -99,15 +124,14 @@ def test_two_processes_stop_at_the_same_step_when_one_is_signalled(idx_dir, tmp_
   assert all("at step 6" in r["message"] for r in reports)
 
 
-# ladder: EBGAN-LN; counting: an objective that carries state (tests/stateful_objective.py)
-@pytest.mark.parametrize("family", ["conv28", "mlp", "conv64", "ladder", "counting"])
-def test_sharded_step_equals_one_device(family):
-  report = _run("check_step_equality", family, 3)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sharded_step_equals_one_device(eight_devices, family):
+  report = eight_devices.report("check_step_equality", family, 3)
   assert report["devices"] == 8
 
 
-def test_batchnorm_statistics_are_those_of_the_global_batch():
-  report = _run("check_batch_statistics_are_global")
+def test_batchnorm_statistics_are_those_of_the_global_batch(eight_devices):
+  report = eight_devices.report("check_batch_statistics_are_global")
   assert report["devices"] == 8 and report["running_stats_match_global_batch"]
 
 
