@@ -119,12 +119,14 @@ def test_each_member_is_the_single_run_with_its_settings(idx_dir, objective, fam
   assert population.size == len(members)
   assert history["d_loss"].shape == (len(members), config.num_steps // STEPS_PER_CALL)
   assert not np.any(population.diverged)
+  # conv28's BatchNorms amplify rounding more: 1.4e-5 seen in a weight of member 0 on an
+  # Intel Xeon at -O0, 7% of its Adam step (lr 2e-4); a wrong setting moves whole steps.
+  atol = (3 if family == "conv28" else 1) * multidevice.PARAMS_ATOL
   for i, member in enumerate(members):
     single, metrics = _single_run(_member_config(config, member), with_metrics=True)
     state = population.member(i)
     assert int(state.step) == config.num_steps
-    multidevice.assert_trees_close(_learned(state), _learned(single), f"member {i}",
-                                   atol=multidevice.PARAMS_ATOL)
+    multidevice.assert_trees_close(_learned(state), _learned(single), f"member {i}", atol=atol)
     # The logged metrics are the member's own: each call's means, as its single run's.
     assert set(history) == set(metrics)
     for name, values in metrics.items():
