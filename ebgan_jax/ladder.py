@@ -27,6 +27,12 @@ the "dropout" PRNG stream, the one every D's training call gets), and the
 clean path runs too, to update the BatchNorm running averages that test
 time uses; with train=False, the clean path alone (no noise, running
 averages), its logits classifying the test set.
+
+Two options of a training call serve EBGAN-LN's variants for G's samples
+(objectives.LadderEBGAN): `path="clean"` returns the clean path's outputs
+(no noise, the batch's statistics) and `statistics_of=n` normalises every
+row with the statistics of the first n rows only, so that rows after them
+are normalised as those n (the unlabelled images) are.
 """
 
 from typing import Any, Sequence
@@ -39,12 +45,15 @@ LADDER_WIDTHS = (1000, 500, 250, 250, 250)  # the paper's 784-1000-500-250-250-2
 # Rasmus et al.'s running-average decay of the test-time statistics.
 _BN_MOMENTUM = 0.99
 _BN_EPSILON = 1e-5
+PATHS = ("corrupted", "clean")  # the path whose outputs a training call returns
 
 
-def _normalize(z: jax.Array) -> jax.Array:
-  """BatchNorm with the batch's own statistics and no learnt scale or shift."""
-  mean = jnp.mean(z, axis=0)
-  variance = jnp.mean(jnp.square(z - mean), axis=0)
+def _normalize(z: jax.Array, statistics_of: int | None = None) -> jax.Array:
+  """BatchNorm with the batch's own statistics (of its first `statistics_of` rows, if set)
+  and no learnt scale or shift."""
+  reference = z if statistics_of is None else z[:statistics_of]
+  mean = jnp.mean(reference, axis=0)
+  variance = jnp.mean(jnp.square(reference - mean), axis=0)
   return (z - mean) * jax.lax.rsqrt(variance + _BN_EPSILON)
 
 
@@ -77,7 +86,16 @@ class LadderNetwork(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, x: jax.Array, train: bool, *, path: str = "corrupted",
+               statistics_of: int | None = None) -> tuple[jax.Array, jax.Array]:
+    """(reconstruction, logits) of the corrupted path in training, the clean one at test
+    time; in training, path "clean" returns the clean path's, and statistics_of=n
+    normalises with the first n rows' statistics (the running averages are then not
+    updated). See the module docstring."""
+    if path not in PATHS:
+      raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    if statistics_of is not None and not 1 <= statistics_of <= x.shape[0]:
+      raise ValueError(f"statistics_of must be in [1, {x.shape[0]}], got {statistics_of}")
     widths = (*self.widths, self.num_classes)
     top = len(widths)
     encoders = [nn.Dense(w, use_bias=False, dtype=self.dtype, name=f"encoder_{layer}")
@@ -103,7 +121,12 @@ class LadderNetwork(nn.Module):
       zs = [h]
       for layer in range(1, top + 1):
         z = encoders[layer - 1](h).astype(jnp.float32)
-        z = _normalize(z) + noise(z.shape) if corrupted else clean_norms[layer - 1](z)
+        if corrupted:
+          z = _normalize(z, statistics_of) + noise(z.shape)
+        elif train and statistics_of is not None:
+          z = _normalize(z, statistics_of)  # these statistics are not the running averages'
+        else:
+          z = clean_norms[layer - 1](z)
         zs.append(z)
         h = activation(layer, z)
       return zs, h
@@ -113,16 +136,16 @@ class LadderNetwork(nn.Module):
     # keeps the running averages (no cost reads it), and the decoder denoises
     # the corrupted path. At test time the decoder reconstructs the clean path.
     zs, logits = encode(pixels, corrupted=False)
-    if train:
+    if train and path == "corrupted":
       zs, logits = encode(pixels, corrupted=True)
 
-    u = _normalize(jax.nn.softmax(logits))
+    u = _normalize(jax.nn.softmax(logits), statistics_of)
     estimate = None
     for layer in range(top, -1, -1):
       if layer < top:
         decoder = nn.Dense((pixels.shape[-1], *widths)[layer], use_bias=False,
                            dtype=self.dtype, name=f"decoder_{layer}")
-        u = _normalize(decoder(estimate).astype(jnp.float32))
+        u = _normalize(decoder(estimate).astype(jnp.float32), statistics_of)
       estimate = Combinator(name=f"combinator_{layer}")(zs[layer], u)
     reconstruction = estimate * 2.0 - 1.0
     return reconstruction.reshape(x.shape), logits

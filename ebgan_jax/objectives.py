@@ -51,15 +51,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ebgan_jax import losses
+from ebgan_jax import ladder, losses
 
 Outputs = tuple[jax.Array, jax.Array]  # D's (head, embedding) on one batch
 HyperParameters = dict[str, jax.Array]
 ObjectiveState = Any  # a pytree: {} for an objective that carries none
 Metrics = dict[str, jax.Array]
-# D in training mode on one batch: (images, batch_stats, dropout key) -> (D's outputs,
-# the batch_stats after it); an objective threads the statistics it wants kept.
-ApplyD = Callable[[jax.Array, Any, jax.Array], tuple[Outputs, Any]]
+# D in training mode on one batch: (images, batch_stats, dropout key, **D's call options)
+# -> (D's outputs, the batch_stats after it); an objective threads the statistics it wants
+# kept.
+ApplyD = Callable[..., tuple[Outputs, Any]]
 
 
 # The shapes a margin schedule can take: optax schedules of the step falling from 1 to 0
@@ -170,6 +171,12 @@ class Stateless:
   def num_generated(self, batch: jax.Array) -> int:
     """As many z as real images."""
     return batch.shape[0]
+
+  def d_on_fakes(self, apply_d: ApplyD, fake: jax.Array, batch, batch_stats,
+                 key: jax.Array) -> Outputs:
+    """D's outputs on G's samples in G's update: a pass of their own."""
+    del batch  # the samples' own statistics
+    return apply_d(fake, batch_stats, key)[0]
 
 
 def real_and_fake(batch: jax.Array, fake: jax.Array, apply_d: ApplyD, batch_stats,
@@ -404,6 +411,8 @@ class MAGAN(EBGAN):
 # The semi-supervised batch (the paper's Sec. 4.2): "labelled" (n_l, H, W, C) with
 # "label" (n_l,), and "unlabelled" (n, H, W, C).
 SemiSupervisedBatch = dict[str, jax.Array]
+# Whose statistics normalise G's samples in EBGAN-LN's D: their own, or the unlabelled batch's.
+FAKE_STATISTICS = ("own", "unlabelled")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -457,9 +466,17 @@ class LadderEBGAN(Ladder):
   paper says. The margin follows the config's margin schedule, as EBGAN's does; the
   pass over G's samples keeps no statistics. No pulling-away term: D's second output is
   logits, not an embedding.
+
+  Two choices the paper leaves open, for G's samples in both D's hinge and G's loss
+  (d_on_fakes): `fake_path` "corrupted" (the default: the energy the LN's cost uses) or
+  "clean" (the reconstruction of the noiseless path), and `fake_statistics` "own" (the
+  default: normalised by the samples' batch) or "unlabelled" (by the unlabelled batch's
+  statistics, as the real images are; one pass over both, the samples' rows kept).
   """
 
   margin_schedule: MarginSchedule = MarginSchedule()
+  fake_path: str = "corrupted"
+  fake_statistics: str = "own"
 
   name: ClassVar[str] = "ebgan_ln"
   trains_generator: ClassVar[bool] = True
@@ -470,20 +487,42 @@ class LadderEBGAN(Ladder):
   def hyperparameters(self) -> tuple[str, ...]:
     return ("margin", "reconstruction_weight", *self.margin_schedule.hyperparameters)
 
+  def __post_init__(self):
+    if self.fake_path not in ladder.PATHS:
+      raise ValueError(f"fake_path must be one of {ladder.PATHS}, got {self.fake_path!r}")
+    if self.fake_statistics not in FAKE_STATISTICS:
+      raise ValueError(f"fake_statistics must be one of {FAKE_STATISTICS}, "
+                       f"got {self.fake_statistics!r}")
+
   @classmethod
   def from_config(cls, config) -> "LadderEBGAN":
+    """From the margin schedule's fields and config.fake_path and fake_statistics (absent:
+    the defaults)."""
     if config.get("lambda_pt", 0.0):
       raise ValueError(f"EBGAN-LN has no pulling-away term (its D's second output is logits, "
                        f"not an embedding): set lambda_pt=0, got {config.lambda_pt}")
-    return cls(margin_schedule=MarginSchedule.from_config(config))
+    return cls(margin_schedule=MarginSchedule.from_config(config),
+               fake_path=config.get("fake_path", "corrupted"),
+               fake_statistics=config.get("fake_statistics", "own"))
 
   values = EBGAN.values  # the margin of its schedule
+
+  def d_on_fakes(self, apply_d: ApplyD, fake: jax.Array, batch: SemiSupervisedBatch,
+                 batch_stats, key: jax.Array) -> Outputs:
+    """D's outputs on G's samples by fake_path and fake_statistics (the class docstring)."""
+    if self.fake_statistics == "own":
+      return apply_d(fake, batch_stats, key, path=self.fake_path)[0]
+    n = batch["unlabelled"].shape[0]
+    outputs, _ = apply_d(jnp.concatenate([batch["unlabelled"], fake]), batch_stats, key,
+                         path=self.fake_path, statistics_of=n)
+    return jax.tree.map(lambda o: o[n:], outputs)
 
   def discriminator_loss(self, values: HyperParameters, batch: SemiSupervisedBatch,
                          fake: jax.Array, apply_d: ApplyD, batch_stats, key: jax.Array):
     # The ladder's passes draw the LN's noise (the same key), so that m = 0 is the LN.
     ce, e_real, batch_stats, metrics = self.ladder_loss(values, batch, apply_d, batch_stats, key)
-    (reconstruction_fake, _), _ = apply_d(fake, batch_stats, jax.random.fold_in(key, 1))
+    reconstruction_fake, _ = self.d_on_fakes(apply_d, fake, batch, batch_stats,
+                                             jax.random.fold_in(key, 1))
     e_fake = losses.ladder_energy(fake, reconstruction_fake, values["reconstruction_weight"])
     margin = self.margin_schedule.acting(values["margin"], e_real)
     metrics.update(energy_fake=jnp.mean(e_fake), margin=margin,

@@ -101,12 +101,20 @@ def sample_z(key: jax.Array, n: int, z_dim: int) -> jax.Array:
   return jax.random.uniform(key, (n, z_dim), minval=-1.0, maxval=1.0)
 
 
-def apply_train(net: TrainState, params, x: jax.Array, dropout_key: jax.Array):
-  """Runs a net in training mode; returns (outputs, its updated batch_stats)."""
+def apply_train(net: TrainState, params, x: jax.Array, dropout_key: jax.Array, **options):
+  """Runs a net in training mode (with its call's keyword `options`); returns (outputs, its
+  updated batch_stats)."""
   outputs, updates = net.apply_fn(
       {"params": params, "batch_stats": net.batch_stats}, x, train=True,
-      mutable=["batch_stats"], rngs={"dropout": dropout_key})
+      mutable=["batch_stats"], rngs={"dropout": dropout_key}, **options)
   return outputs, updates["batch_stats"]
+
+
+def _apply_d(d: TrainState, d_params) -> objectives.ApplyD:
+  """D in training mode with `d_params`, as objectives call it."""
+  def apply_d(x, batch_stats, key, **options):
+    return apply_train(d.replace(batch_stats=batch_stats), d_params, x, key, **options)
+  return apply_d
 
 
 def discriminator_objective(d_params, g_params, state: GANState, batch, z: jax.Array | None,
@@ -116,21 +124,20 @@ def discriminator_objective(d_params, g_params, state: GANState, batch, z: jax.A
   if z is not None:
     fake, _ = apply_train(state.generator, g_params, z, dropout_key)
     fake = jax.lax.stop_gradient(fake)
-  d = state.discriminator
-
-  def apply_d(x, batch_stats, key):
-    return apply_train(d.replace(batch_stats=batch_stats), d_params, x, key)
   # The objective runs D on each part of the batch it needs, and threads the
   # running statistics it keeps.
-  return objective.discriminator_loss(values, batch, fake, apply_d, d.batch_stats, dropout_key)
+  return objective.discriminator_loss(values, batch, fake, _apply_d(state.discriminator, d_params),
+                                      state.discriminator.batch_stats, dropout_key)
 
 
-def generator_objective(g_params, d_params, state: GANState, z: jax.Array,
+def generator_objective(g_params, d_params, state: GANState, batch, z: jax.Array,
                         dropout_key: jax.Array, values, *, objective):
-  """L_G as a function of G's params."""
+  """L_G as a function of G's params; D sees G's samples as the objective's d_on_fakes
+  says (by default, a pass of their own)."""
   g_key, d_key = jax.random.split(dropout_key)
   fake, g_stats = apply_train(state.generator, g_params, z, g_key)
-  d_fake, _ = apply_train(state.discriminator, d_params, fake, d_key)
+  d_fake = objective.d_on_fakes(_apply_d(state.discriminator, d_params), fake, batch,
+                                state.discriminator.batch_stats, d_key)
   loss, metrics = objective.generator_loss(values, fake, d_fake)
   return loss, (g_stats, metrics)
 
@@ -146,12 +153,12 @@ def update_discriminator(state: GANState, batch, z: jax.Array | None, dropout_ke
   return state.replace(discriminator=discriminator), {"d_loss": loss, **metrics}
 
 
-def update_generator(state: GANState, z: jax.Array, dropout_key: jax.Array, values,
+def update_generator(state: GANState, batch, z: jax.Array, dropout_key: jax.Array, values,
                      *, objective) -> tuple[GANState, Metrics]:
   """One optimiser step on L_G; D's params and statistics are left untouched."""
   grad_fn = jax.value_and_grad(generator_objective, has_aux=True)
   (loss, (g_stats, metrics)), grads = grad_fn(
-      state.generator.params, state.discriminator.params, state, z, dropout_key, values,
+      state.generator.params, state.discriminator.params, state, batch, z, dropout_key, values,
       objective=objective)
   generator = state.generator.apply_gradients(grads=grads, batch_stats=g_stats)
   return state.replace(generator=generator), {"g_loss": loss, **metrics}
@@ -186,7 +193,7 @@ def train_step(state: GANState, batch, hparams: objectives.HyperParameters, *,
   if trains_generator:
     z_g = sample_z(z_g_key, n, state.z_dim)
     state, g_metrics = _maybe(objective.trains_generator_now(values), functools.partial(
-        update_generator, z=z_g, dropout_key=dropout_g_key, values=values,
+        update_generator, batch=batch, z=z_g, dropout_key=dropout_g_key, values=values,
         objective=objective), state)
     metrics = {**metrics, **g_metrics}
   objective_state, objective_metrics = objective.update(

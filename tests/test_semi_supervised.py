@@ -177,6 +177,73 @@ def test_the_ladder_reconstructs_and_classifies():
     models.build_models({"family": "ladder", "noise_std": -1.0}, (28, 28, 1))
 
 
+def _perturbed(params):
+  """Random combinators: at their initialisation the ladder reconstructs -1 whatever the
+  input, on every path."""
+  return jax.tree.map(lambda p: p + 0.5 * jax.random.normal(jax.random.PRNGKey(p.size), p.shape),
+                      params)
+
+
+def test_the_ladders_clean_path_and_borrowed_statistics_for_gs_samples():
+  _, d = models.build_models({"family": "ladder", "widths_d": (32, 16)}, (28, 28, 1))
+  _, quiet = models.build_models({"family": "ladder", "widths_d": (32, 16), "noise_std": 0.0},
+                                 (28, 28, 1))
+  x = jax.random.uniform(jax.random.PRNGKey(0), (8, 28, 28, 1), minval=-1, maxval=1)
+  variables = d.init({"params": jax.random.PRNGKey(1)}, x, train=False)
+  variables["params"] = _perturbed(variables["params"])
+
+  def outputs(net, images, key=2, **options):
+    return net.apply(variables, images, train=True, mutable=["batch_stats"],
+                     rngs={"dropout": jax.random.PRNGKey(key)}, **options)[0]
+
+  # The clean path draws no noise; without noise the corrupted path is the clean one.
+  clean = outputs(d, x, path="clean")
+  multidevice.assert_trees_close(outputs(d, x, key=3, path="clean"), clean, "clean path")
+  assert not np.allclose(outputs(d, x)[0], clean[0], atol=1e-3)
+  multidevice.assert_trees_close(outputs(quiet, x), clean, "noiseless path", atol=1e-5)
+
+  # statistics_of=4: rows 4.. normalised by rows 0-3's statistics, so each of them is
+  # independent of the others (the same noise: the same shape and key).
+  others_changed = x.at[5:].set(-x[5:])
+  for path in ("corrupted", "clean"):
+    borrowed = [outputs(d, images, path=path, statistics_of=4) for images in (x, others_changed)]
+    multidevice.assert_trees_close([o[4] for o in borrowed[0]], [o[4] for o in borrowed[1]],
+                                   f"row 4, {path} path", atol=1e-5)
+    own = [outputs(d, images, path=path) for images in (x, others_changed)]
+    assert not np.allclose(own[0][0][4], own[1][0][4], atol=1e-3)
+  # Rows 0-3 come out as they do alone.
+  multidevice.assert_trees_close([o[:4] for o in outputs(quiet, x, statistics_of=4)],
+                                 outputs(quiet, x[:4]), "the reference rows", atol=1e-5)
+  for options, message in [({"path": "denoised"}, "path must be one of"),
+                           ({"statistics_of": 0}, r"statistics_of must be in \[1, 8\]")]:
+    with pytest.raises(ValueError, match=message):
+      outputs(d, x, **options)
+
+
+@pytest.mark.parametrize("fake_statistics", ["own", "unlabelled"])
+def test_gs_update_sees_its_samples_as_ds_hinge_does(idx_dir, fake_statistics):
+  """With the clean path (no noise) G's loss is the mean energy D's hinge read of the same
+  samples: both updates evaluate G's samples by the objective's options."""
+  config = _small(idx_dir, fake_path="clean", fake_statistics=fake_statistics)
+  objective, hparams = _objective_and_hparams(config)
+  assert (objective.fake_path, objective.fake_statistics) == ("clean", fake_statistics)
+  state = state_lib.create_state(config, jax.random.PRNGKey(0))
+  batch, key = _batch(config), jax.random.PRNGKey(1)
+  z = train.sample_z(jax.random.PRNGKey(5), 16, state.z_dim)
+  d, g = _perturbed(state.discriminator.params), state.generator.params
+  values = {**hparams, "margin": 1e9}  # every sample under the margin
+  _, (_, metrics) = jax.jit(train.discriminator_objective, static_argnames="objective")(
+      d, g, state, batch, z, key, values, objective=objective)
+  g_loss, _ = jax.jit(train.generator_objective, static_argnames="objective")(
+      g, d, state, batch, z, key, values, objective=objective)
+  assert float(g_loss) == pytest.approx(float(metrics["energy_fake"]), rel=1e-5)
+  assert float(metrics["hinge_active"]) == 1.0
+  default = objectives.LadderEBGAN()  # the corrupted path, the samples' own statistics
+  _, (_, default_metrics) = jax.jit(train.discriminator_objective, static_argnames="objective")(
+      d, g, state, batch, z, key, values, objective=default)
+  assert abs(float(default_metrics["energy_fake"]) - float(metrics["energy_fake"])) > 1e-3
+
+
 def test_resume_is_exact(idx_dir, tmp_path):
   straight = trainer.train_and_evaluate(_small(idx_dir), str(tmp_path / "straight"),
                                         experiment.TASK)
@@ -263,12 +330,14 @@ def _run_cli(*args, env=None):
     (None, ["--config.lambda_pt=0.1"], "EBGAN-LN has no pulling-away term"),
     (None, ["--config.model.family=mlp"], "the semi-supervised experiment trains model family"),
     (None, ["--config.margin_schedule=step"], "margin_schedule must be one of"),
+    (None, ["--config.fake_path=denoised"], "fake_path must be one of"),
+    (None, ["--config.fake_statistics=labelled"], "fake_statistics must be one of"),
     (None, ["--config.eval_every=0"], "eval_every must be >= 1"),
     (None, ["--config.optim_d.decay_steps=-1"], "decay_steps and decay_begin must be >= 0"),
     (None, ["--config.seeds=0,1", "--config.ebgan=False", "--config.margins=2,5"],
      "margins are EBGAN-LN's; objective 'ln' has none"),
-], ids=["subprocess-num_labels", "lambda_pt", "family", "margin_schedule", "eval_every",
-        "decay_steps", "margins"])
+], ids=["subprocess-num_labels", "lambda_pt", "family", "margin_schedule", "fake_path",
+        "fake_statistics", "eval_every", "decay_steps", "margins"])
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, run, args, message):
   run = run or functools.partial(test_cli.run_in_process, "experiments.semi_supervised")
   result = run(f"--workdir={tmp_path / 'run'}", *args)

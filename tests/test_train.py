@@ -82,8 +82,8 @@ def test_generator_gradient_flows_through_input_and_target(family):
   z, key = _z(state), jax.random.PRNGKey(3)
 
   def library_loss(g_params):
-    return train.generator_objective(g_params, state.discriminator.params, state, z, key,
-                                     {"lambda_pt": 0.1}, objective=EBGAN)[0]
+    return train.generator_objective(g_params, state.discriminator.params, state, _batch(), z,
+                                     key, {"lambda_pt": 0.1}, objective=EBGAN)[0]
 
   library = jax.grad(library_loss)(state.generator.params)
   both = jax.grad(_generator_energy(state, False, 0.1))(state.generator.params, z, key)
@@ -98,7 +98,7 @@ def test_lambda_pt_zero_removes_the_pulling_away_gradient():
 
   def library_grad(lambda_pt):
     return jax.grad(lambda p: train.generator_objective(
-        p, state.discriminator.params, state, z, key, {"lambda_pt": lambda_pt},
+        p, state.discriminator.params, state, _batch(), z, key, {"lambda_pt": lambda_pt},
         objective=EBGAN)[0])(state.generator.params)
 
   energy_only = jax.grad(_generator_energy(state, False, 0.0))(state.generator.params, z, key)
@@ -143,7 +143,8 @@ def test_each_update_leaves_the_other_net_untouched():
   assert _max_abs_diff(after_d.discriminator.params, state.discriminator.params) > 0.0
 
   after_g, _ = train.update_generator(
-      after_d, _z(state, seed=4), jax.random.PRNGKey(5), {"lambda_pt": 0.1}, objective=EBGAN)
+      after_d, _batch(), _z(state, seed=4), jax.random.PRNGKey(5), {"lambda_pt": 0.1},
+      objective=EBGAN)
   assert _max_abs_diff(after_g.discriminator, after_d.discriminator) == 0.0
   assert _max_abs_diff(after_g.generator.params, after_d.generator.params) > 0.0
 
@@ -215,9 +216,9 @@ def test_every_update_draws_its_own_z(monkeypatch):
     z_d.append(np.asarray(z))
     return real_update_d(state, real, z, dropout_key, *args, **kwargs)
 
-  def update_generator(state, z, dropout_key, *args, **kwargs):
+  def update_generator(state, batch, z, dropout_key, *args, **kwargs):
     z_g.append(np.asarray(z))
-    return real_update_g(state, z, dropout_key, *args, **kwargs)
+    return real_update_g(state, batch, z, dropout_key, *args, **kwargs)
 
   monkeypatch.setattr(train, "update_discriminator", update_discriminator)
   monkeypatch.setattr(train, "update_generator", update_generator)
@@ -242,10 +243,10 @@ def test_dropout_masks_differ_between_passes_and_steps(monkeypatch):
   d_keys = []
   real_apply_train = train.apply_train
 
-  def apply_train(net, params, x, dropout_key):
+  def apply_train(net, params, x, dropout_key, **options):
     if x.ndim == 4:  # D's input is images, G's is z
       d_keys.append(np.asarray(dropout_key))
-    return real_apply_train(net, params, x, dropout_key)
+    return real_apply_train(net, params, x, dropout_key, **options)
 
   monkeypatch.setattr(train, "apply_train", apply_train)
   for i in range(2):
@@ -302,6 +303,6 @@ def test_gan_updates_move_the_logits_the_right_way():
   assert set(metrics) == {"d_loss", "d_real", "d_fake"}
   assert jnp.mean(logits(after_d, real)) > jnp.mean(logits(state, real))
   assert jnp.mean(logits(after_d, fakes(state))) < jnp.mean(logits(state, fakes(state)))
-  after_g, metrics = train.update_generator(after_d, z, key, {}, objective=gan)
+  after_g, metrics = train.update_generator(after_d, real, z, key, {}, objective=gan)
   assert set(metrics) == {"g_loss"}
   assert jnp.mean(logits(after_d, fakes(after_g))) > jnp.mean(logits(after_d, fakes(after_d)))

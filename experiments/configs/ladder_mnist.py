@@ -53,6 +53,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.margin_end = 0.0
   config.margin_decay_steps = NUM_STEPS // 2
   config.margin_decay_begin = 0
+  # How D sees G's samples (objectives.LadderEBGAN): the energy of the corrupted path
+  # ("clean": the noiseless one), normalised by their own statistics ("unlabelled": the
+  # unlabelled batch's).
+  config.fake_path = "corrupted"
+  config.fake_statistics = "own"
 
   for optim in (config.optim_g, config.optim_d):
     optim.learning_rate = 2e-3
