@@ -18,6 +18,7 @@ import itertools
 import os
 
 from absl import flags, logging
+import numpy as np
 
 from ebgan_jax import data, objectives, semi_supervised, train
 from experiments import cli, trainer
@@ -27,6 +28,7 @@ _DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "ladder_mni
 # the seed) and whether G is trained.
 FIXED_FIELDS = (*trainer.ARCHITECTURE_FIELDS, "ebgan", "num_labels", "seed")
 RESULTS = "results.csv"
+HISTORY = "history.npz"
 
 
 def resolve_objective(config) -> None:
@@ -99,23 +101,41 @@ def members(config) -> list[dict]:
           for margin, seed in itertools.product(margins or (None,), config.seeds)]
 
 
+def hinge_activity(history: dict[str, np.ndarray], num_members: int) -> list[dict]:
+  """Each member's `hinge_active` (the fraction of G's samples under the margin) through
+  the run: its mean over the calls in `history` ((members, calls) per-call means) and over
+  each quarter of them, hinge_active_q1 .. _q4 (fewer parts with fewer calls). Empty
+  dicts for an objective without a hinge (the LN) or when no call ran."""
+  active = history.get("hinge_active")
+  if active is None or active.shape[1] == 0:
+    return [{} for _ in range(num_members)]
+  quarters = np.array_split(active, min(4, active.shape[1]), axis=1)
+  return [{"hinge_active": float(np.mean(active[i])),
+           **{f"hinge_active_q{q}": float(np.mean(part[i])) for q, part in enumerate(quarters, 1)}}
+          for i in range(num_members)]
+
+
 def train_seeds(config, workdir: str) -> list[dict]:
   """Trains every member of `members(config)` as one population in `workdir` (resumed from
-  its checkpoints), then writes each member's test error to workdir/results.csv."""
+  its checkpoints), then writes each member's test error and the hinge's activity through
+  the run (hinge_activity) to workdir/results.csv, and every logged metric per call
+  ((members, calls) arrays of this invocation's calls) to workdir/history.npz."""
   validate_config(config)
   runs = members(config)
   trained, history = trainer.train_population(config, runs, workdir, TASK)
   images, labels = data.load_split(config, "test")
   rows = []
-  for i, member in enumerate(runs):
+  for i, (member, activity) in enumerate(zip(runs, hinge_activity(history, len(runs)))):
     rows.append({**member, "objective": config.objective, "num_labels": config.num_labels,
                  "steps": int(trained.states.step[i]), "diverged": bool(trained.diverged[i]),
-                 "test_error": semi_supervised.test_error(trained.member(i), images, labels)})
+                 "test_error": semi_supervised.test_error(trained.member(i), images, labels),
+                 **activity})
     logging.info("member %d %s: test_error %.4f", i, member, rows[-1]["test_error"])
   with open(os.path.join(workdir, RESULTS), "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
+  np.savez(os.path.join(workdir, HISTORY), **history)
   return rows
 
 

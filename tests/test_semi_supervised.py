@@ -313,7 +313,23 @@ def test_the_cli_trains_seeds_as_one_population_with_a_test_error_each(idx_dir, 
   assert [(row["seed"], row["objective"], row["steps"]) for row in rows] == [
       ("0", "ln", "4"), ("1", "ln", "4")]
   assert all(0.0 <= float(row["test_error"]) <= 1.0 for row in rows)
+  assert "hinge_active" not in rows[0]  # the LN has no hinge
   assert (workdir / "checkpoints" / "4").exists()
+  with np.load(workdir / experiment.HISTORY) as history:
+    assert history["d_loss"].shape == (2, 2)  # members x calls of 2 steps
+
+
+def test_hinge_activity_is_each_members_mean_over_the_run_and_its_quarters():
+  calls = np.array([[1.0, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0],  # a hinge that stops acting
+                    [0.0] * 8])
+  activity = experiment.hinge_activity({"hinge_active": calls, "d_loss": calls}, 2)
+  assert activity[0] == {"hinge_active": 0.25, "hinge_active_q1": 0.75, "hinge_active_q2": 0.25,
+                         "hinge_active_q3": 0.0, "hinge_active_q4": 0.0}
+  assert activity[1]["hinge_active"] == 0.0
+  assert experiment.hinge_activity({"hinge_active": calls[:, :2]}, 2)[0] == {
+      "hinge_active": 0.75, "hinge_active_q1": 1.0, "hinge_active_q2": 0.5}
+  assert experiment.hinge_activity({"d_loss": calls}, 2) == [{}, {}]  # the LN
+  assert experiment.hinge_activity({}, 2) == [{}, {}]  # no call ran
 
 
 def _run_cli(*args, env=None):
