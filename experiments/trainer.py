@@ -452,7 +452,8 @@ def train_population(config: ml_collections.ConfigDict, members: Sequence[dict],
   GENERATIVE) as one population, through the loop of train_and_evaluate: until
   config.num_steps or config.train_seconds, and with a `workdir`, checkpoints of the
   whole population there every config.checkpoint_every steps and at the end, resumed
-  exactly from the newest (the members must be the same).
+  exactly from the newest (the members must be the same). Logs the step and steps/s
+  every config.log_every steps.
 
   Member i reads the batches its single run with its seed would (task.create_dataset
   with config.seed set to it, whole batches) and ends where that run ends, up to float
@@ -509,10 +510,18 @@ def train_population(config: ml_collections.ConfigDict, members: Sequence[dict],
   history = []
   logging.info("Training a population of %d members (%d streams) from step %d over %d devices",
                len(members), len(seeds), start_step, mesh.size)
+  progress = {"step": start_step, "time": time.monotonic()}
+
+  def after_call(step, population, metrics, saving):
+    del population, saving  # its members' metrics are kept; scored by the caller
+    history.append(metrics)
+    if step % config.log_every == 0:  # progress only: the metrics may live on other hosts
+      now = time.monotonic()
+      logging.info("Population step %d of %d: %.2f steps/s", step, config.num_steps,
+                   (step - progress["step"]) / (now - progress["time"]))
+      progress.update(step=step, time=now)
   try:
-    population, _ = _train_loop(config, run, start_step, manager,
-                                lambda step, state, metrics, saving: history.append(metrics),
-                                saved_config)
+    population, _ = _train_loop(config, run, start_step, manager, after_call, saved_config)
   finally:
     if manager is not None:
       manager.wait_until_finished()

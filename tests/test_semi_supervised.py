@@ -306,8 +306,11 @@ def test_the_cli_trains_seeds_as_one_population_with_a_test_error_each(idx_dir, 
                     "--config.labelled_batch_size=10", "--config.batch_size=16",
                     "--config.model.widths_d=(32,16)", "--config.num_steps=4",
                     "--config.steps_per_call=2", "--config.checkpoint_every=2",
-                    "--config.optim_d.decay_steps=2", "--config.optim_d.decay_begin=2")
+                    "--config.log_every=2", "--config.optim_d.decay_steps=2",
+                    "--config.optim_d.decay_begin=2")
   assert result.returncode == 0, result.stderr[-3000:]
+  assert "Population step 2 of 4: " in result.stderr  # progress every log_every steps
+  assert "Population step 4 of 4: " in result.stderr
   with open(workdir / experiment.RESULTS, newline="") as f:
     rows = list(csv.DictReader(f))
   assert [(row["seed"], row["objective"], row["steps"]) for row in rows] == [
