@@ -104,8 +104,9 @@ def members(config) -> list[dict]:
 def hinge_activity(history: dict[str, np.ndarray], num_members: int) -> list[dict]:
   """Each member's `hinge_active` (the fraction of G's samples under the margin) through
   the run: its mean over the calls in `history` ((members, calls) per-call means) and over
-  each quarter of them, hinge_active_q1 .. _q4 (fewer parts with fewer calls). Empty
-  dicts for an objective without a hinge (the LN) or when no call ran."""
+  each quarter of them, hinge_active_q1 .. _q4 (fewer parts with fewer calls). A resumed
+  population's history holds only the calls since it resumed. Empty dicts for an objective
+  without a hinge (the LN) or when no call ran."""
   active = history.get("hinge_active")
   if active is None or active.shape[1] == 0:
     return [{} for _ in range(num_members)]
