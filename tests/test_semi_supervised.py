@@ -295,8 +295,8 @@ def test_ebgan_ln_seeds_as_a_population_equal_their_single_runs(idx_dir, tmp_pat
         [single.generator.params, single.discriminator.params, single.discriminator.batch_stats],
         # Rounding differs between the programs; through 12 steps of the ladder's noise and
         # m = 20's active hinge it reached 1.5e-5 in G's last layer on an AMD EPYC, 7.8e-5
-        # on an Intel Xeon (at -O0): 4% of an Adam step at lr 2e-3.
-        f"member {i}", atol=20 * multidevice.PARAMS_ATOL)
+        # on an Intel Xeon (at -O0): 4% of an Adam step at lr 2e-3; 2e-4 is 10%.
+        f"member {i}", atol=5 * multidevice.PARAMS_ATOL)
 
 
 def test_the_cli_trains_seeds_as_one_population_with_a_test_error_each(idx_dir, tmp_path):
