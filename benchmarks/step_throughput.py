@@ -17,7 +17,10 @@ the input pipeline is not measured (benchmarks/input_pipeline.py does that).
 
 flops_per_step is XLA's cost analysis of the compiled single step;
 attained_fraction divides the FLOP/s it reaches by the FLOP/s of a large
-float32 matmul (jnp.dot) on the same device, a practical peak.
+float32 matmul (jnp.dot) on the same device, a practical peak. On CPU the
+line also names the machine (benchmarks/machine.py: model, clock, SIMD flags,
+cores) and gives physical_peak_fraction, the FLOP/s reached over the cores'
+float32 multiply-add peak at that clock.
 """
 
 import json
@@ -31,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+
+import machine
 
 from ebgan_jax import state as state_lib, train
 from experiments import semi_supervised
@@ -156,7 +161,16 @@ def measure(family: str, batch: int, steps_per_call: int, compute_dtype: str,
       "attained_fraction": round(flops_per_step * steps_per_s / peak_flops_per_s, 3),
       "cpu_count": os.cpu_count(),
       "loadavg_1m": round(os.getloadavg()[0], 2),
+      **_on_cpu(flops_per_step * steps_per_s),
   }
+
+
+def _on_cpu(flops_per_s: float) -> dict:
+  """The CPU's description and the fraction of its physical peak reached; {} on accelerators."""
+  if jax.devices()[0].platform != "cpu":
+    return {}
+  info = machine.cpu_info()
+  return {**info, "physical_peak_fraction": round(flops_per_s / info["cpu_peak_flops_per_s"], 3)}
 
 
 def main(argv):

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
+import machine
+
 LAMBDA_PT = 0.1
 NUM_BATCHES = 8
 # Per family, as in experiments/configs/mnist_conv.py and mnist_mlp.py; conv64
@@ -254,6 +256,7 @@ def measure(family, batch, args):
       "steps": args.steps,
       "cpu_count": os.cpu_count(),
       "loadavg_1m": round(os.getloadavg()[0], 2),
+      **machine.cpu_info(),
   }
 
 
