@@ -51,6 +51,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs of --steps; the median
 _STEPS_PER_CALL = flags.DEFINE_integer("steps_per_call", 1, "K: steps per jitted call.")
 _COMPUTE_DTYPE = flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16"],
                                    "dtype of the nets' activations (params stay float32).")
+_MATMUL_OPERANDS = flags.DEFINE_enum("matmul_operands", "float32", ["float32", "bfloat16"],
+                                     "conv families: the matmul forms' operand dtype "
+                                     "(float32 sums either way).")
 _ALL = flags.DEFINE_bool("all", False, "conv28 and mlp at batch 64 and 256, conv64 at 64 "
                          "(overrides --family and --batch).")
 # Distinct batches cycled through: enough that no cache holds the input.
@@ -72,6 +75,7 @@ def make_config(family: str, batch: int, steps_per_call: int, compute_dtype: str
   config.batch_size = batch
   config.steps_per_call = steps_per_call
   config.compute_dtype = compute_dtype
+  config.matmul_operands = _MATMUL_OPERANDS.value
   return config
 
 
@@ -149,6 +153,7 @@ def measure(family: str, batch: int, steps_per_call: int, compute_dtype: str,
       "batch": batch,
       "steps_per_call": steps_per_call,
       "compute_dtype": compute_dtype,
+      "matmul_operands": _MATMUL_OPERANDS.value,
       "devices": mesh.size,
       "platform": jax.devices()[0].platform,
       "compile_s": round(compile_s, 2),

@@ -98,13 +98,13 @@ def create_state(config, key: jax.Array) -> GANState:
   Reads config.model, config.image_shape, config.z_dim, config.optim_g,
   config.optim_d, config.objective (absent: "ebgan"; it says what D outputs and
   starts the objective's state from its hyperparameters) and
-  config.compute_dtype (absent: "float32"). `key` is a raw uint32 PRNG
-  key (jax.random.PRNGKey(seed)).
+  config.compute_dtype and config.matmul_operands (absent: "float32"). `key` is
+  a raw uint32 PRNG key (jax.random.PRNGKey(seed)).
   """
   objective = objectives.from_config(config)
   generator, discriminator = models.build_models(
       config.model, config.image_shape, config.get("compute_dtype", "float32"),
-      d_head=objective.d_head)
+      d_head=objective.d_head, matmul_operands=config.get("matmul_operands", "float32"))
   g_key, d_key, train_key = jax.random.split(key, 3)
   # Two samples: BatchNorm needs more than one to have a batch statistic.
   g_vars = generator.init(g_key, jnp.zeros((2, config.z_dim)), train=False)

@@ -77,7 +77,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if not ok:
       raise ConfigError(message)
   # The checks that the library owns: objective and its hyperparameters, optimiser
-  # kinds, model fields and D's head, compute_dtype.
+  # kinds, model fields and D's head, compute_dtype and matmul_operands.
   try:
     objective = objectives.from_config(config)
     objectives.hyperparameters(objective, config)
@@ -85,7 +85,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       state_lib.optimizer_settings(config[name])
       state_lib.learning_rate_decay(config[name])
     models.build_models(config.model, config.image_shape, config.compute_dtype,
-                        d_head=objective.d_head)
+                        d_head=objective.d_head,
+                        matmul_operands=config.get("matmul_operands", "float32"))
   except ValueError as e:
     raise ConfigError(str(e)) from None
 

@@ -136,6 +136,10 @@ def get_config(objective: str = "ebgan") -> ml_collections.ConfigDict:
   # dtype the layers compute in: "bfloat16" for GPU / TPU (params, optimiser and
   # losses stay float32); on CPU it is slower than "float32".
   config.compute_dtype = "float32"
+  # "bfloat16": the conv layers' matmuls (XLA:CPU's matmul forms) take bfloat16 operands
+  # and sum in float32, faster on CPUs with AVX512_BF16 (README, "Performance"); it rounds
+  # differently, so it changes what is learned a little. float32 is the default.
+  config.matmul_operands = "float32"
 
   use_objective(config, objective)
   return config
