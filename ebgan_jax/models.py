@@ -529,7 +529,7 @@ def build_models(model_config, image_shape, compute_dtype: str = "float32",
   if matmul_operands not in MATMUL_OPERANDS:
     raise ValueError(f"matmul_operands must be one of {MATMUL_OPERANDS}, "
                      f"got {matmul_operands!r}")
-  if matmul_operands == "bfloat16":
+  if matmul_operands == "bfloat16" or conv_impl == "matmul_bf16":
     conv_impl = _bfloat16_operands(family, compute_dtype, conv_impl)
   if "head" in fields:
     raise ValueError("D's head follows config.objective (objectives.py); drop model.head")

@@ -107,7 +107,9 @@ def test_bad_matmul_operands_are_config_errors(config, change, message):
     trainer.validate_config(config)
 
 
-def test_bfloat16_operands_are_not_for_the_native_layers():
+def test_bfloat16_operands_are_not_for_the_native_layers_nor_bfloat16_layers():
   with pytest.raises(ValueError, match="use compute_dtype 'bfloat16'"):
     models.build_models({"family": "conv28"}, (28, 28, 1), conv_impl="native",
                         matmul_operands="bfloat16")
+  with pytest.raises(ValueError, match="needs compute_dtype 'float32'"):
+    models.build_models({"family": "conv28"}, (28, 28, 1), "bfloat16", conv_impl="matmul_bf16")

@@ -129,7 +129,7 @@ def test_native_and_matmul_forms_are_the_same_nets(family):
     np.testing.assert_allclose(a, b, atol=1e-4 * max(1.0, float(np.max(np.abs(b)))))
 
 
-@pytest.mark.parametrize("conv_impl", models.CONV_IMPLS)
+@pytest.mark.parametrize("conv_impl", ["native", "matmul"])
 def test_bfloat16_compute(conv_impl):
   """The layers compute in bfloat16 in either form; outputs stay float32 and close."""
   model_config, image_shape = SMALL["conv64"]
@@ -154,7 +154,8 @@ def test_conv_impl_is_chosen_per_platform():
 
 
 def test_unknown_conv_impl_is_a_clear_error():
-  with pytest.raises(ValueError, match=re.escape("conv_impl must be one of ('native', 'matmul')")):
+  message = f"conv_impl must be one of {models.CONV_IMPLS}, got 'fft'"
+  with pytest.raises(ValueError, match=re.escape(message)):
     models.build_models(*SMALL["conv64"], conv_impl="fft")
 
 
