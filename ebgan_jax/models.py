@@ -54,9 +54,9 @@ def _batch_norm(train: bool, dtype: Any) -> nn.BatchNorm:
 MATMUL_OPERANDS = ("float32", "bfloat16")
 
 
-def _dot_in(operand_dtype, x: jax.Array, w: jax.Array) -> jax.Array:
-  """x @ w (x's last axis with w's first), float32 operands or bfloat16_matmul's."""
-  return jnp.dot(x, w) if operand_dtype is None else bfloat16_matmul(x, w)
+def _dot_in(bfloat16_operands: bool, x: jax.Array, w: jax.Array) -> jax.Array:
+  """x @ w (x's last axis with w's first): jnp.dot, or bfloat16_matmul."""
+  return bfloat16_matmul(x, w) if bfloat16_operands else jnp.dot(x, w)
 
 
 def _bfloat16_dot(a: jax.Array, b: jax.Array, contracting: tuple[int, int]) -> jax.Array:
@@ -111,8 +111,8 @@ class ConvTranspose2x(nn.Module):
   features: int
   use_bias: bool = True
   dtype: Any = jnp.float32
-  # None: the matmul's operands are in `dtype`; bfloat16: bfloat16_matmul.
-  operand_dtype: Any = None
+  # True: the matmul is bfloat16_matmul (conv_impl "matmul_bf16"); False: in `dtype`.
+  bfloat16_operands: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -121,7 +121,7 @@ class ConvTranspose2x(nn.Module):
     x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
     # taps[4 ki + kj][n, i, j] = x[n, i - 1, j - 1] @ kernel[ki, kj] (zero off the image).
     # A split, not 16 slices: its gradient is one concatenation, not 16 zero-padded copies.
-    taps = _dot_in(self.operand_dtype, x,
+    taps = _dot_in(self.bfloat16_operands, x,
                    kernel.transpose(2, 0, 1, 3).reshape(c_in, 16 * self.features))
     taps = [jnp.pad(tap[:, :, :, 0], ((0, 0), (1, 1), (1, 1), (0, 0)))
             for tap in jnp.split(taps.reshape(n, h, w, 16, self.features), 16, axis=3)]
@@ -146,7 +146,7 @@ class Conv2x(nn.Module):
   features: int
   use_bias: bool = True
   dtype: Any = jnp.float32
-  operand_dtype: Any = None  # as ConvTranspose2x's
+  bfloat16_operands: bool = False  # as ConvTranspose2x's
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -159,7 +159,7 @@ class Conv2x(nn.Module):
     # patches[n, i, j, ki, kj] = padded[n, 2i + ki, 2j + kj]: output pixel (i, j)'s window.
     patches = jnp.stack([padded[:, ki:ki + 2 * out_h - 1:2, kj:kj + 2 * out_w - 1:2]
                          for ki in range(4) for kj in range(4)], axis=3)
-    y = _dot_in(self.operand_dtype, patches.reshape(n, out_h, out_w, 16 * c_in),
+    y = _dot_in(self.bfloat16_operands, patches.reshape(n, out_h, out_w, 16 * c_in),
                 kernel.reshape(16 * c_in, self.features))
     if self.use_bias:
       y += self.param("bias", nn.initializers.zeros_init(), (self.features,)).astype(self.dtype)
@@ -193,15 +193,12 @@ def conv_impl_for(platform: str) -> str:
   return "matmul" if platform == "cpu" else "native"
 
 
-_OPERAND_DTYPES = {"matmul": None, "matmul_bf16": jnp.bfloat16}
-
-
 def _conv(conv_impl: str, features: int, *, name: str, use_bias: bool = True,
           dtype: Any = jnp.float32) -> nn.Module:
   """nn.Conv(features, (4, 4), (2, 2), "SAME") in the form `conv_impl` names."""
   if conv_impl.startswith("matmul"):
     return Conv2x(features, use_bias=use_bias, dtype=dtype, name=name,
-                  operand_dtype=_OPERAND_DTYPES[conv_impl])
+                  bfloat16_operands=conv_impl == "matmul_bf16")
   return nn.Conv(features, (4, 4), strides=(2, 2), padding="SAME", use_bias=use_bias,
                  dtype=dtype, name=name)
 
@@ -211,7 +208,7 @@ def _conv_transpose(conv_impl: str, features: int, *, name: str, use_bias: bool 
   """nn.ConvTranspose(features, (4, 4), (2, 2), "SAME") in the form `conv_impl` names."""
   if conv_impl.startswith("matmul"):
     return ConvTranspose2x(features, use_bias=use_bias, dtype=dtype, name=name,
-                           operand_dtype=_OPERAND_DTYPES[conv_impl])
+                           bfloat16_operands=conv_impl == "matmul_bf16")
   return nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME", use_bias=use_bias,
                           dtype=dtype, name=name)
 
@@ -483,7 +480,7 @@ D_HEADS = {**{family: ("reconstruction", "logit") for family in FAMILIES},
            "ladder": ("reconstruction",)}
 
 
-def _bfloat16_operands(family: str, compute_dtype: str, conv_impl: str) -> str:
+def _bfloat16_conv_impl(family: str, compute_dtype: str, conv_impl: str) -> str:
   """The conv_impl of matmul_operands "bfloat16", or why it does not apply."""
   if family not in ("conv28", "conv64", "conv128"):
     raise ValueError(f"matmul_operands 'bfloat16' is for the conv families' matmul layers; "
@@ -530,7 +527,7 @@ def build_models(model_config, image_shape, compute_dtype: str = "float32",
     raise ValueError(f"matmul_operands must be one of {MATMUL_OPERANDS}, "
                      f"got {matmul_operands!r}")
   if matmul_operands == "bfloat16" or conv_impl == "matmul_bf16":
-    conv_impl = _bfloat16_operands(family, compute_dtype, conv_impl)
+    conv_impl = _bfloat16_conv_impl(family, compute_dtype, conv_impl)
   if "head" in fields:
     raise ValueError("D's head follows config.objective (objectives.py); drop model.head")
   if d_head not in D_HEADS[family]:
